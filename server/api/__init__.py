@@ -1,0 +1,1 @@
+"""HTTP layer: protocol models, thin routers, error mapping."""

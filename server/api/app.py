@@ -1,0 +1,63 @@
+"""The application factory: everything is built here from Settings, nothing at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from server.alignment import build_presets
+from server.api.errors import error_response, install_error_handlers
+from server.api.generation import GenerationService
+from server.api.openai_routes import router as openai_router
+from server.auth import KeyRing
+from server.engine.base import Engine
+from server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    engine: Engine, keyring: KeyRing, presets_file: str | None = None, start_engine: bool = True
+) -> FastAPI:
+    """Build the service around ``engine``. The engine starts with the app and stops with it."""
+    from pathlib import Path
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if start_engine:
+            await engine.start()
+        try:
+            yield
+        finally:
+            await engine.shutdown()
+
+    app = FastAPI(title="alignserve", version="0.1.0", lifespan=lifespan)
+    metrics = Metrics(engine.stats)
+    presets = build_presets(Path(presets_file) if presets_file else None)
+    app.state.engine = engine
+    app.state.keyring = keyring
+    app.state.metrics = metrics
+    app.state.presets = presets
+    app.state.generation = GenerationService(engine, presets, metrics)
+    install_error_handlers(app)
+    app.include_router(openai_router)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not engine.ready:
+            return error_response(
+                503, "the engine is not ready", "server_error", code="service_unavailable",
+                headers={"Retry-After": "5"},
+            )
+        stats = engine.stats()
+        return JSONResponse({"status": "ok", "running": stats.running, "waiting": stats.waiting})
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,230 @@
+"""Chat and text completions: requests in, engine requests out, responses or SSE back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from align_core.registry import Registry
+from server.alignment import Preset, aligned_conversations, resolve_principle
+from server.api import responses as R
+from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.engine.base import Engine
+from server.engine.types import AlignmentParams, GenerationDelta, GenerationRequest, SamplingOptions
+from server.errors import InvalidRequestError, ServiceError, ServiceUnavailableError
+from server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request, ready for the engine."""
+
+    kind: str  # "chat" | "completion"
+    response_id: str
+    model: str
+    requests: tuple[GenerationRequest, ...]  # one per prompt
+    n: int
+    prompt_tokens: int
+    want_logprobs: bool
+    include_usage: bool
+    aligned: bool
+
+
+class GenerationService:
+    def __init__(self, engine: Engine, presets: Registry[Preset], metrics: Metrics):
+        self.engine = engine
+        self.presets = presets
+        self.metrics = metrics
+
+    # -- preparation -----------------------------------------------------------------------
+    def _check_ready(self) -> None:
+        if not self.engine.ready:
+            raise ServiceUnavailableError("the model is still loading; retry shortly")
+
+    def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
+        self._check_ready()
+        model = self.engine.resolve_model(req.model)
+        renderer = self.engine.renderer
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        alignment = None
+        if req.best_of_n is not None:
+            raise InvalidRequestError(
+                "best_of_n needs a deployed reward model; none is deployed", param="best_of_n"
+            )
+        if req.alignment is not None:
+            a = req.alignment
+            principle = resolve_principle(self.presets, a.principle, a.preset, a.preference)
+            plain, principled = aligned_conversations(
+                messages, principle, renderer.default_system_prompt
+            )
+            prompt_ids = renderer.encode(renderer.render_chat(plain, True))
+            principled_ids = renderer.encode(renderer.render_chat(principled, True))
+            alignment = AlignmentParams(
+                tuple(principled_ids), a.alpha, a.nucleus_top_p, a.nucleus_temperature
+            )
+            longest = max(len(prompt_ids), len(principled_ids))
+        else:
+            prompt_ids = renderer.encode(renderer.render_chat(messages, True))
+            longest = len(prompt_ids)
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        options = self._options(req, req.requested_max_tokens(), longest, top, "max_tokens")
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        request = GenerationRequest(rid, model, tuple(prompt_ids), options, alignment)
+        return Prepared(
+            "chat", rid, model, (request,), req.n, len(prompt_ids), req.logprobs,
+            bool(req.stream_options and req.stream_options.include_usage), alignment is not None,
+        )
+
+    def prepare_completion(self, req: CompletionRequest) -> Prepared:
+        self._check_ready()
+        model = self.engine.resolve_model(req.model)
+        renderer = self.engine.renderer
+        prompts: list[list[int]]
+        if isinstance(req.prompt, str):
+            prompts = [renderer.encode(req.prompt)]
+        elif all(isinstance(p, int) for p in req.prompt):
+            prompts = [list(req.prompt)]  # type: ignore[arg-type]
+        elif all(isinstance(p, str) for p in req.prompt):
+            prompts = [renderer.encode(p) for p in req.prompt]  # type: ignore[arg-type]
+        else:
+            prompts = [list(p) for p in req.prompt]  # type: ignore[arg-type]
+        if any(not p for p in prompts):
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        requests = []
+        for i, ids in enumerate(prompts):
+            options = self._options(req, req.max_tokens, len(ids), req.logprobs, "max_tokens")
+            requests.append(GenerationRequest(f"{rid}-{i}", model, tuple(ids), options))
+        return Prepared(
+            "completion", rid, model, tuple(requests), req.n, sum(len(p) for p in prompts),
+            req.logprobs is not None,
+            bool(req.stream_options and req.stream_options.include_usage), False,
+        )
+
+    def _options(
+        self, req: Any, max_tokens: int | None, prompt_len: int, logprobs: int | None, param: str
+    ) -> SamplingOptions:
+        limit = self.engine.max_model_len
+        if prompt_len >= limit:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {limit} tokens, but the prompt has "
+                f"{prompt_len} tokens.", param="messages" if param == "max_tokens" else param,
+                code="context_length_exceeded",
+            )
+        if max_tokens is None:
+            max_tokens = limit - prompt_len
+        elif prompt_len + max_tokens > limit:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for "
+                "the completion). Please reduce the prompt or max_tokens.",
+                param=param, code="context_length_exceeded",
+            )
+        return SamplingOptions(
+            max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, n=req.n,
+            seed=req.seed, stop=req.stop_list(), logprobs=logprobs,
+            presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        )
+
+    # -- execution -------------------------------------------------------------------------
+    async def _deltas(self, prepared: Prepared) -> AsyncIterator[tuple[int, GenerationDelta]]:
+        """Deltas of every prompt's request, with choice indices made global."""
+        if len(prepared.requests) == 1:
+            async for batch in self.engine.generate(prepared.requests[0]):
+                for delta in batch:
+                    yield delta.index, delta
+            return
+        queue: asyncio.Queue[tuple[int, GenerationDelta] | BaseException | None] = asyncio.Queue()
+
+        async def pump(offset: int, request: GenerationRequest) -> None:
+            try:
+                async for batch in self.engine.generate(request):
+                    for delta in batch:
+                        queue.put_nowait((offset + delta.index, delta))
+            except BaseException as exc:
+                queue.put_nowait(exc)
+            finally:
+                queue.put_nowait(None)
+
+        tasks = [
+            asyncio.create_task(pump(i * prepared.n, r)) for i, r in enumerate(prepared.requests)
+        ]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def complete(self, prepared: Prepared) -> dict[str, Any]:
+        started = time.monotonic()
+        choices = {i: R.ChoiceState() for i in range(prepared.n * len(prepared.requests))}
+        status = "error"
+        try:
+            first = True
+            async for index, delta in self._deltas(prepared):
+                if first:
+                    first = False
+                    self.metrics.ttft.labels(prepared.model).observe(time.monotonic() - started)
+                choices[index].add(delta)
+            status = "ok"
+        finally:
+            self._record(prepared, started, status, sum(c.tokens for c in choices.values()))
+        build = R.chat_response if prepared.kind == "chat" else R.completion_response
+        return build(
+            prepared.response_id, int(time.time()), prepared.model, self.fingerprint(),
+            choices, prepared.want_logprobs, prepared.prompt_tokens,
+        )
+
+    async def stream(self, prepared: Prepared) -> AsyncIterator[str]:
+        from server.api.streaming import stream_events
+
+        started = time.monotonic()
+        counter = {"tokens": 0}
+        status = "error"
+        try:
+            async for event in stream_events(self, prepared, started, counter):
+                yield event
+            status = "ok"
+        except ServiceError as exc:
+            yield R.sse({"error": _error_body(exc)})
+            yield R.sse("[DONE]")
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        except Exception:
+            logger.exception("stream %s failed", prepared.response_id)
+            yield R.sse({"error": _error_body(ServiceError("internal error while streaming"))})
+            yield R.sse("[DONE]")
+        finally:
+            self._record(prepared, started, status, counter["tokens"])
+
+    def fingerprint(self) -> str:
+        return "alignserve-0.1.0"
+
+    def _record(self, prepared: Prepared, started: float, status: str, tokens: int) -> None:
+        endpoint = "chat" if prepared.kind == "chat" else "completions"
+        self.metrics.requests.labels(
+            prepared.model, endpoint, status, "true" if prepared.aligned else "false"
+        ).inc()
+        self.metrics.latency.labels(prepared.model, endpoint).observe(time.monotonic() - started)
+        self.metrics.prompt_tokens.labels(prepared.model).inc(prepared.prompt_tokens)
+        self.metrics.completion_tokens.labels(prepared.model).inc(tokens)
+
+
+def _error_body(exc: ServiceError) -> dict[str, Any]:
+    return {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}

@@ -1,0 +1,60 @@
+"""/v1 routes: thin, they only delegate to the generation service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.api.deps import Generation, UserScope
+from server.api.protocol import ChatCompletionRequest, CompletionRequest
+
+router = APIRouter(prefix="/v1")
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, service: Generation, _: UserScope
+) -> JSONResponse | StreamingResponse:
+    prepared = service.prepare_chat(body)
+    if body.stream:
+        return StreamingResponse(
+            service.stream(prepared), media_type="text/event-stream", headers=_SSE_HEADERS
+        )
+    return JSONResponse(await service.complete(prepared))
+
+
+@router.post("/completions", response_model=None)
+async def completions(
+    body: CompletionRequest, service: Generation, _: UserScope
+) -> JSONResponse | StreamingResponse:
+    prepared = service.prepare_completion(body)
+    if body.stream:
+        return StreamingResponse(
+            service.stream(prepared), media_type="text/event-stream", headers=_SSE_HEADERS
+        )
+    return JSONResponse(await service.complete(prepared))
+
+
+@router.get("/models")
+async def list_models(request: Request, _: UserScope) -> dict[str, Any]:
+    cards = request.app.state.engine.model_cards()
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": c.id,
+                "object": "model",
+                "created": c.created,
+                "owned_by": "alignserve",
+                "root": c.root,
+                "parent": c.parent,
+                "version": c.version,
+                "max_model_len": c.max_model_len,
+            }
+            for c in cards
+        ],
+    }

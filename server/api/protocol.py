@@ -1,0 +1,154 @@
+"""OpenAI request models. OpenAI's field names and order first, then our extensions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_N = 16
+MAX_STOP = 4
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class AlignmentRequest(BaseModel):
+    """Linear alignment of this request (our extension, sent via the client's ``extra_body``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    principle: str | None = Field(
+        default=None, description="Principle appended to the first system message for z_p."
+    )
+    preset: str | None = Field(default=None, description="Name of a configured principle preset.")
+    alpha: float = Field(default=3.0, ge=0.0, le=50.0, description="Step size: z_p + alpha(z_p - z_0).")
+    nucleus_top_p: float = Field(
+        default=0.8, gt=0.0, le=1.0, description="Nucleus mass on softmax(z_p / nucleus_temperature)."
+    )
+    nucleus_temperature: float = Field(default=0.5, gt=0.0, le=10.0)
+    preference: str | None = Field(
+        default=None, description="Fills {preference} in a personalised preset."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AlignmentRequest:
+        if (self.principle is None) == (self.preset is None):
+            raise ValueError("alignment needs exactly one of 'principle' or 'preset'")
+        if self.principle is not None and not self.principle.strip():
+            raise ValueError("alignment.principle must not be empty")
+        if self.preference is not None and self.preset is None:
+            raise ValueError("alignment.preference is only used with a personalised 'preset'")
+        return self
+
+
+class BestOfNRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(ge=1, le=64)
+    reward_model: str
+
+
+Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
+
+
+class _SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    seed: int | None = Field(default=None, ge=0, le=2**62)
+    stop: Stop = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, v: Stop) -> Stop:
+        items = [v] if isinstance(v, str) else (v or [])
+        if any(not s for s in items):
+            raise ValueError("stop sequences must not be empty strings")
+        return v
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> _SamplingFields:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # --- alignserve extensions -------------------------------------------------------------
+    alignment: AlignmentRequest | None = Field(
+        default=None, description="Linear alignment at decoding time (no training)."
+    )
+    best_of_n: BestOfNRequest | None = Field(
+        default=None, description="Best-of-N selection with a deployed reward model."
+    )
+
+    @model_validator(mode="after")
+    def _logprob_fields(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs to be true")
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            if self.max_tokens != self.max_completion_tokens:
+                raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_tokens: int | None = Field(default=16, ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, v: str | list[str] | list[int] | list[list[int]]):  # type: ignore[no-untyped-def]
+        if isinstance(v, list) and not v:
+            raise ValueError("prompt must not be an empty list")
+        if isinstance(v, list) and any(isinstance(p, list) and not p for p in v):
+            raise ValueError("token prompts must not be empty")
+        return v
+
+    @field_validator("echo")
+    @classmethod
+    def _echo_unsupported(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("echo is not supported")
+        return v

@@ -1,0 +1,171 @@
+"""OpenAI response bodies and stream chunks, built as plain dicts in OpenAI's field order."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.engine.types import GenerationDelta, TokenLogprob
+
+
+def sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_logprobs(items: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": list(lp.token_bytes),
+                "top_logprobs": [
+                    {"token": t, "logprob": v, "bytes": list(b)} for t, v, b in lp.top
+                ],
+            }
+            for lp in items
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(items: tuple[TokenLogprob, ...], offset: int) -> dict[str, Any]:
+    offsets, position = [], offset
+    for lp in items:
+        offsets.append(position)
+        position += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in items],
+        "token_logprobs": [lp.logprob for lp in items],
+        "top_logprobs": [{t: v for t, v, _ in lp.top} for lp in items],
+        "text_offset": offsets,
+    }
+
+
+@dataclass
+class ChoiceState:
+    """Accumulates one choice's deltas (non-streaming responses and usage counting)."""
+
+    text: list[str] = field(default_factory=list)
+    tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    text_len: int = 0
+
+    def add(self, delta: GenerationDelta) -> None:
+        self.text.append(delta.text)
+        self.text_len += len(delta.text)
+        self.tokens += len(delta.token_ids)
+        if delta.logprobs:
+            self.logprobs.extend(delta.logprobs)
+        if delta.finish_reason is not None:
+            self.finish_reason = "stop" if delta.finish_reason == "abort" else delta.finish_reason
+
+
+def chat_response(
+    rid: str, created: int, model: str, fingerprint: str, choices: dict[int, ChoiceState],
+    want_logprobs: bool, prompt_tokens: int,
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
+                "logprobs": chat_logprobs(tuple(c.logprobs)) if want_logprobs else None,
+                "finish_reason": c.finish_reason,
+            }
+            for i, c in sorted(choices.items())
+        ],
+        "usage": usage(prompt_tokens, sum(c.tokens for c in choices.values())),
+        "system_fingerprint": fingerprint,
+    }
+
+
+def completion_response(
+    rid: str, created: int, model: str, fingerprint: str, choices: dict[int, ChoiceState],
+    want_logprobs: bool, prompt_tokens: int,
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "text": "".join(c.text),
+                "index": i,
+                "logprobs": completion_logprobs(tuple(c.logprobs), 0) if want_logprobs else None,
+                "finish_reason": c.finish_reason,
+            }
+            for i, c in sorted(choices.items())
+        ],
+        "usage": usage(prompt_tokens, sum(c.tokens for c in choices.values())),
+        "system_fingerprint": fingerprint,
+    }
+
+
+def chat_chunk(
+    rid: str, created: int, model: str, fingerprint: str, index: int, delta: dict[str, Any],
+    logprobs: dict[str, Any] | None, finish_reason: str | None, with_usage: bool,
+) -> dict[str, Any]:
+    chunk: dict[str, Any] = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [
+            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        ],
+    }
+    if with_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def completion_chunk(
+    rid: str, created: int, model: str, fingerprint: str, index: int, text: str,
+    logprobs: dict[str, Any] | None, finish_reason: str | None, with_usage: bool,
+) -> dict[str, Any]:
+    chunk: dict[str, Any] = {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [
+            {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
+        ],
+    }
+    if with_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def usage_chunk(
+    rid: str, created: int, model: str, fingerprint: str, obj: str, prompt_tokens: int,
+    completion_tokens: int,
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }

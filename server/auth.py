@@ -1,0 +1,81 @@
+"""API keys with two scopes. Only SHA-256 digests are kept; comparison is constant-time."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class Scope(enum.IntEnum):
+    """Ordered: a higher scope may do everything a lower one may."""
+
+    USER = 1
+    ADMIN = 2
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _split(keys: str) -> list[str]:
+    return [k.strip() for k in keys.split(",") if k.strip()]
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """Hashed keys by scope. Empty means development mode (open access)."""
+
+    entries: tuple[tuple[bytes, Scope], ...]
+
+    @classmethod
+    def build(cls, user_keys: Iterable[str], admin_keys: Iterable[str]) -> KeyRing:
+        entries = [(_digest(k), Scope.USER) for k in user_keys]
+        entries += [(_digest(k), Scope.ADMIN) for k in admin_keys]
+        return cls(tuple(entries))
+
+    @classmethod
+    def from_settings(cls, api_keys: str, admin_keys: str, keys_file: Path | None) -> KeyRing:
+        users, admins = _split(api_keys), _split(admin_keys)
+        if keys_file is not None:
+            for lineno, raw in enumerate(keys_file.read_text().splitlines(), 1):
+                line = raw.strip()
+                if not line or line.startswith("#"):
+                    continue
+                scope, sep, key = line.partition(":")
+                if not sep or scope not in ("user", "admin") or not key.strip():
+                    raise ValueError(f"{keys_file}:{lineno}: expected 'user:KEY' or 'admin:KEY'")
+                (admins if scope == "admin" else users).append(key.strip())
+        return cls.build(users, admins)
+
+    @property
+    def open_access(self) -> bool:
+        return not self.entries
+
+    def scope_of(self, key: str | None) -> Scope | None:
+        """The scope of ``key``, or None. Every entry is compared, so timing leaks nothing."""
+        if self.open_access:
+            return Scope.ADMIN
+        if not key:
+            return None
+        digest = _digest(key)
+        found: Scope | None = None
+        for stored, scope in self.entries:
+            if secrets.compare_digest(stored, digest) and (found is None or scope > found):
+                found = scope
+        return found
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    kind, _, token = authorization.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

@@ -1,0 +1,109 @@
+"""The ``alignserve`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from server.settings import Settings
+
+logger = logging.getLogger("alignserve")
+
+
+def _progress(line: str) -> None:
+    """User-facing progress output of the CLI (stderr, so stdout stays machine-readable)."""
+    sys.stderr.write(line.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.api.app import create_app
+    from server.auth import KeyRing
+    from server.engine.vllm_engine import EngineConfig, VLLMEngine
+    from server.model_store import resolve_model
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("model", args.model))
+                 if v is not None}
+    settings = Settings(**overrides)
+    keyring = KeyRing.from_settings(settings.api_keys, settings.admin_keys, settings.keys_file)
+    if keyring.open_access:
+        if not settings.is_loopback:
+            logger.error(
+                "refusing to bind %s without API keys: set ALIGNSERVE_API_KEYS and "
+                "ALIGNSERVE_ADMIN_KEYS, or bind 127.0.0.1", settings.host,
+            )
+            return 2
+        logger.warning(
+            "no API keys configured: DEVELOPMENT MODE, open access on %s", settings.host
+        )
+    resolved = resolve_model(settings.model, settings.home, progress=_progress)
+    engine = VLLMEngine(EngineConfig(
+        model_path=resolved.path, served_name=resolved.served_name,
+        max_model_len=settings.max_model_len, kv_cache_gib=settings.kv_cache_gib,
+        max_num_seqs=settings.max_num_seqs,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        enable_lora=settings.enable_lora, max_loras=settings.max_loras,
+        max_lora_rank=settings.max_lora_rank, max_logprobs=settings.max_logprobs,
+    ))
+    app = create_app(engine, keyring, presets_file=settings.presets_file)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def _model_pull(args: argparse.Namespace) -> int:
+    from server.model_store import resolve_model
+
+    settings = Settings()
+    resolved = resolve_model(args.model, settings.home, progress=_progress)
+    _progress(f"{resolved.served_name}: {resolved.path}")
+    return 0
+
+
+def _data_pull(args: argparse.Namespace) -> int:
+    from server.data_pull import pull_datasets
+
+    settings = Settings()
+    paths = pull_datasets(settings.home, names=args.names or None, progress=_progress)
+    for name, path in paths.items():
+        _progress(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignserve", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="Serve the OpenAI-compatible API.")
+    serve.add_argument("--host", default=None, help="Bind address (default 127.0.0.1).")
+    serve.add_argument("--port", type=int, default=None, help="Port (default 8000).")
+    serve.add_argument("--model", default=None, help="Served model: name or local HF folder.")
+    serve.set_defaults(func=_serve)
+
+    model = sub.add_parser("model", help="Manage models.").add_subparsers(dest="action", required=True)
+    pull = model.add_parser("pull", help="Fetch and convert a model (default: the embedded one).")
+    pull.add_argument("model", nargs="?", default=None)
+    pull.set_defaults(func=_model_pull)
+
+    data = sub.add_parser("data", help="Manage datasets.").add_subparsers(dest="action", required=True)
+    dpull = data.add_parser("pull", help="Fetch the development datasets (ASSETS).")
+    dpull.add_argument("names", nargs="*")
+    dpull.set_defaults(func=_data_pull)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Chat-template rendering and token counting on a Hugging Face tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+_SYSTEM_MARK = "\x00alignserve-system\x00"
+_USER_MARK = "\x00alignserve-user\x00"
+
+
+class HFChatRenderer:
+    """Renders conversations exactly as the model's chat template does."""
+
+    def __init__(self, tokenizer: Any):
+        self._tokenizer = tokenizer
+        self._default_system_prompt = _infer_default_system_prompt(self)
+
+    def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
+        text = self._tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return str(text)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._tokenizer.decode(list(ids)))
+
+    @property
+    def default_system_prompt(self) -> str:
+        return self._default_system_prompt
+
+    @property
+    def eos_token_id(self) -> int | None:
+        eos = self._tokenizer.eos_token_id
+        return int(eos) if eos is not None else None
+
+
+def _infer_default_system_prompt(renderer: HFChatRenderer) -> str:
+    """The system message the template adds on its own, or '' if it adds none.
+
+    Renders the same user turn with a marked system message and without one: if the template
+    inserts a default, the unmarked rendering is the marked one with the marker replaced by it.
+    """
+    try:
+        bare = renderer.render_chat([{"role": "user", "content": _USER_MARK}], False)
+        marked = renderer.render_chat(
+            [{"role": "system", "content": _SYSTEM_MARK}, {"role": "user", "content": _USER_MARK}],
+            False,
+        )
+    except Exception:  # templates without a system role raise; then there is no default
+        return ""
+    if _SYSTEM_MARK not in marked:
+        return ""
+    prefix, suffix = marked.split(_SYSTEM_MARK, 1)
+    if not bare.startswith(prefix) or not bare.endswith(suffix):
+        return ""
+    default = bare[len(prefix) : len(bare) - len(suffix)]
+    return default if prefix + default + suffix == bare else ""

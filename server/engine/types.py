@@ -1,0 +1,83 @@
+"""Plain data passed across the engine interface (no vLLM types leak out of the engine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Per-request decoding settings, already validated by the protocol layer."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # top-k alternatives per token; 0 = chosen token only
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class AlignmentParams:
+    """Linear alignment of one request: decode with z_p + alpha * (z_p - z_0).
+
+    ``principled_prompt_ids`` is the conversation with the principle (z_p); the request's own
+    ``prompt_ids`` is the conversation as sent (z_0), whose branch the client sees.
+    """
+
+    principled_prompt_ids: tuple[int, ...]
+    alpha: float
+    nucleus_top_p: float
+    nucleus_temperature: float
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    model: str  # served name (base model, deployment alias or pinned version)
+    prompt_ids: tuple[int, ...]
+    sampling: SamplingOptions
+    alignment: AlignmentParams | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    token_bytes: tuple[int, ...]
+    top: tuple[tuple[str, float, tuple[int, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationDelta:
+    """New output of one choice since the previous delta of the same request."""
+
+    index: int
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    id: str
+    root: str
+    parent: str | None = None
+    version: int | None = None
+    created: int = 0
+    max_model_len: int = 0
+
+
+@dataclass
+class EngineStats:
+    running: int = 0
+    waiting: int = 0
+    extra: dict[str, float] = field(default_factory=dict)

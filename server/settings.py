@@ -1,0 +1,58 @@
+"""Service settings: one place, read from the environment (prefix ``ALIGNSERVE_``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_cache_dir("alignserve"))
+
+
+class Settings(BaseSettings):
+    """Everything the service needs to start; built once in ``main()`` and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="ALIGNSERVE_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Models, data, jobs, checkpoints.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str | None = Field(default=None, description="Served model: name or local HF folder.")
+    api_keys: str = Field(default="", description="Comma-separated user-scope API keys.")
+    admin_keys: str = Field(default="", description="Comma-separated admin-scope API keys.")
+    keys_file: Path | None = Field(
+        default=None, description="File with one 'user:KEY' or 'admin:KEY' per line."
+    )
+    # Engine knobs. KV cache size is in GiB on CPU (VLLM_CPU_KVCACHE_SPACE).
+    kv_cache_gib: float = 2.0
+    max_model_len: int = 2048
+    max_num_seqs: int = 64
+    gpu_memory_utilization: float = 0.85
+    enable_lora: bool = True
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    max_logprobs: int = 20
+    presets_file: str | None = Field(
+        default=None, description="JSON object of extra principle presets: name -> text."
+    )
+    workers: int = Field(default=0, description="Training workers started next to the server.")
+    log_level: str = "info"
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
