@@ -140,6 +140,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.model_max_length = config.max_position_embeddings
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    for path in out_dir.iterdir():  # safetensors writes 0600; the folder is meant to be shared
+        path.chmod(0o644)
 
 
 def _check_converted(model: Any, tokenizer: Any) -> None:

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.real.server_process import ServerProcess
+
+USER_KEY, ADMIN_KEY = "test-user-key", "test-admin-key"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/real/" in str(item.fspath):
+            item.add_marker(pytest.mark.real)
+
+
+@pytest.fixture(scope="session")
+def server(alignserve_home: Path, default_model: Path) -> Iterator[ServerProcess]:
+    """The real server: uvicorn, in-process vLLM, the embedded model, API keys on."""
+    proc = ServerProcess(
+        alignserve_home,
+        env={"ALIGNSERVE_API_KEYS": USER_KEY, "ALIGNSERVE_ADMIN_KEYS": ADMIN_KEY,
+             "ALIGNSERVE_KV_CACHE_GIB": "2"},
+    ).start()
+    yield proc
+    proc.stop()

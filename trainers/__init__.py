@@ -1,0 +1,1 @@
+"""Alignment trainers: job store, datasets, workers and the training recipes."""
