@@ -25,6 +25,8 @@ serve: venv
 	$(VENV)/bin/alignserve serve
 
 test: venv
+	# TRL's DPO parity check runs in its own venv (TRL 0.28 cannot import beside transformers 5).
+	$(PY) tests/trl_parity/provision.py
 	$(PY) -m pytest -q
 
 test-fast: venv

@@ -8,12 +8,14 @@ package (e.g. ``import weave`` fails on ``import trl.trainer.dpo_trainer``). So 
 runs in its own venv with a transformers 4.x that TRL 0.28 supports, and the project
 environment is never touched.
 
-Usage::
+Usage (with the project's interpreter, whose torch version the parity venv copies)::
 
-    python tests/trl_parity/provision.py            # creates the venv (a few minutes, once)
-    python tests/trl_parity/provision.py --print    # prints where it is / would be
+    .venv/bin/python tests/trl_parity/provision.py          # creates the venv (~1.5 min, once)
+    .venv/bin/python tests/trl_parity/provision.py --print  # prints where it is / would be
 
-The location is ``$ALIGNSERVE_TRL_VENV`` or ``~/.cache/alignserve/trl-parity-venv``.
+The location is ``$ALIGNSERVE_TRL_VENV`` or ``~/.cache/alignserve/trl-parity-venv`` (outside the
+repository, ~1.4 GB). pip inside it uses the ordinary pip configuration; where the ``+cpu`` torch
+wheel is not available locally, set ``PIP_EXTRA_INDEX_URL`` to the PyTorch CPU index first.
 """
 
 from __future__ import annotations
