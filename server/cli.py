@@ -49,9 +49,40 @@ def _serve(args: argparse.Namespace) -> int:
         enable_lora=settings.enable_lora, max_loras=settings.max_loras,
         max_lora_rank=settings.max_lora_rank, max_logprobs=settings.max_logprobs,
     ))
-    app = create_app(engine, keyring, presets_file=settings.presets_file)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    from server.training import TrainingService
+    from server.workers import WorkerPool
+    from trainers.store import SqliteJobStore
+
+    training = TrainingService(
+        SqliteJobStore.at_home(settings.home), settings.home, base_model=str(resolved.path)
+    )
+    app = create_app(engine, keyring, presets_file=settings.presets_file, home=settings.home,
+                     training=training)
+    pool = WorkerPool(settings.workers, settings.home, str(resolved.path))
+    pool.start()
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    finally:
+        pool.stop()
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from server.model_store import DEFAULT_MODEL_NAME, resolve_model
+    from trainers.worker import main as worker_main
+
+    settings = Settings(**({"home": args.home} if args.home else {}))
+    model = args.model or settings.model
+    default_pulled = (settings.home / "models" / DEFAULT_MODEL_NAME / "config.json").is_file()
+    default_model = None
+    if model or default_pulled:  # never pull here: a job may name its own model folder
+        default_model = str(resolve_model(model, settings.home, progress=_progress).path)
+    return worker_main(
+        Path(settings.home), default_model, once=args.once, lease_s=args.lease,
+        poll_s=args.poll, max_attempts=args.max_attempts,
+    )
 
 
 def _model_pull(args: argparse.Namespace) -> int:
@@ -73,6 +104,12 @@ def _data_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from server.evaluation.commands import run_eval_command
+
+    return run_eval_command(args, Settings().home, _progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignserve", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -84,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default=None, help="Served model: name or local HF folder.")
     serve.set_defaults(func=_serve)
 
+    worker = sub.add_parser("worker", help="Run a training worker (claims queued jobs).")
+    worker.add_argument("--home", default=None, help="ALIGNSERVE_HOME (jobs.db lives there).")
+    worker.add_argument("--model", default=None, help="Default base model for jobs.")
+    worker.add_argument("--once", action="store_true", help="Exit when the queue is empty.")
+    worker.add_argument("--lease", type=float, default=30.0, help="Lease seconds.")
+    worker.add_argument("--poll", type=float, default=1.0, help="Queue poll seconds.")
+    worker.add_argument("--max-attempts", type=int, default=3)
+    worker.set_defaults(func=_worker)
+
     model = sub.add_parser("model", help="Manage models.").add_subparsers(dest="action", required=True)
     pull = model.add_parser("pull", help="Fetch and convert a model (default: the embedded one).")
     pull.add_argument("model", nargs="?", default=None)
@@ -93,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     dpull = data.add_parser("pull", help="Fetch the development datasets (ASSETS).")
     dpull.add_argument("names", nargs="*")
     dpull.set_defaults(func=_data_pull)
+
+    from server.evaluation.commands import add_eval_arguments
+
+    evaluate = sub.add_parser("eval", help="Evaluate a served model over HTTP (see docs).")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=_eval)
     return parser
 
 

@@ -46,6 +46,23 @@ class Metrics:
             "token.",
             registry=self.registry,
         )
+        self.swaps = Counter(
+            "alignserve_swaps_total", "Deployment swaps by outcome.", ["mode", "outcome"],
+            registry=self.registry,
+        )
+        self.swap_seconds = Histogram(
+            "alignserve_swap_duration_seconds", "Time to put a version live (incl. checks).",
+            ["mode"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30), registry=self.registry,
+        )
+        self.aborted_by_swap = Counter(
+            "alignserve_requests_aborted_by_swap_total",
+            "Requests aborted because of a swap (swaps never abort requests: stays 0).",
+            registry=self.registry,
+        )
+        self.version_requests = Counter(
+            "alignserve_requests_by_version_total", "Requests by the model version that served "
+            "them.", ["model", "version"], registry=self.registry,
+        )
         self._engine_stats = engine_stats
 
     def render(self) -> bytes:

@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from server.alignment import build_presets
+from server.api.admin_jobs import router as admin_jobs_router
 from server.api.errors import error_response, install_error_handlers
 from server.api.generation import GenerationService
+from server.api.admin_deployments import router as deployments_router
 from server.api.openai_routes import router as openai_router
 from server.auth import KeyRing
 from server.engine.base import Engine
 from server.metrics import Metrics
+from server.training import TrainingService
 
 logger = logging.getLogger(__name__)
 
 
 def create_app(
-    engine: Engine, keyring: KeyRing, presets_file: str | None = None, start_engine: bool = True
+    engine: Engine, keyring: KeyRing, presets_file: str | None = None, start_engine: bool = True,
+    home: Path | None = None, training: TrainingService | None = None,
 ) -> FastAPI:
     """Build the service around ``engine``. The engine starts with the app and stops with it."""
-    from pathlib import Path
-
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if start_engine:
@@ -43,8 +46,15 @@ def create_app(
     app.state.metrics = metrics
     app.state.presets = presets
     app.state.generation = GenerationService(engine, presets, metrics)
+    if home is not None and hasattr(engine, "table"):
+        from server.deploy_service import DeploymentService
+
+        app.state.deployments = DeploymentService(engine, home, metrics)
+    app.state.training = training  # job store + datasets; None: training routes answer 503
     install_error_handlers(app)
     app.include_router(openai_router)
+    app.include_router(admin_jobs_router)
+    app.include_router(deployments_router)
 
     @app.get("/health")
     async def health() -> Response:

@@ -170,34 +170,58 @@ class GenerationService:
             for task in tasks:
                 task.cancel()
 
-    async def complete(self, prepared: Prepared) -> dict[str, Any]:
+    async def complete(self, prepared: Prepared) -> tuple[dict[str, Any], str]:
+        """The whole response, and the version (``name@k``) that produced it."""
         started = time.monotonic()
         choices = {i: R.ChoiceState() for i in range(prepared.n * len(prepared.requests))}
-        status = "error"
+        status, version = "error", prepared.model
         try:
             first = True
             async for index, delta in self._deltas(prepared):
                 if first:
-                    first = False
+                    first, version = False, delta.model_version or prepared.model
                     self.metrics.ttft.labels(prepared.model).observe(time.monotonic() - started)
                 choices[index].add(delta)
             status = "ok"
         finally:
-            self._record(prepared, started, status, sum(c.tokens for c in choices.values()))
+            self._record(prepared, started, status, sum(c.tokens for c in choices.values()),
+                         version)
         build = R.chat_response if prepared.kind == "chat" else R.completion_response
-        return build(
-            prepared.response_id, int(time.time()), prepared.model, self.fingerprint(),
+        body = build(
+            prepared.response_id, int(time.time()), prepared.model, fingerprint(version),
             choices, prepared.want_logprobs, prepared.prompt_tokens,
         )
+        return body, version
 
-    async def stream(self, prepared: Prepared) -> AsyncIterator[str]:
+    async def open_stream(self, prepared: Prepared) -> tuple[AsyncIterator[str], str]:
+        """Start the request; errors before its first token still become HTTP errors.
+
+        Returns the SSE events and the version that serves the request (known at admission,
+        so it can go in a response header).
+        """
+        started = time.monotonic()
+        deltas = self._deltas(prepared)
+        try:
+            first = await anext(deltas)
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            self._record(prepared, started, "error", 0, prepared.model)
+            raise
+        version = (first[1].model_version if first else "") or prepared.model
+        self.metrics.ttft.labels(prepared.model).observe(time.monotonic() - started)
+        return self._stream(prepared, first, deltas, started, version), version
+
+    async def _stream(
+        self, prepared: Prepared, first: tuple[int, GenerationDelta] | None,
+        deltas: AsyncIterator[tuple[int, GenerationDelta]], started: float, version: str,
+    ) -> AsyncIterator[str]:
         from server.api.streaming import stream_events
 
-        started = time.monotonic()
         counter = {"tokens": 0}
         status = "error"
         try:
-            async for event in stream_events(self, prepared, started, counter):
+            async for event in stream_events(prepared, first, deltas, fingerprint(version), counter):
                 yield event
             status = "ok"
         except ServiceError as exc:
@@ -211,12 +235,11 @@ class GenerationService:
             yield R.sse({"error": _error_body(ServiceError("internal error while streaming"))})
             yield R.sse("[DONE]")
         finally:
-            self._record(prepared, started, status, counter["tokens"])
+            self._record(prepared, started, status, counter["tokens"], version)
 
-    def fingerprint(self) -> str:
-        return "alignserve-0.1.0"
-
-    def _record(self, prepared: Prepared, started: float, status: str, tokens: int) -> None:
+    def _record(
+        self, prepared: Prepared, started: float, status: str, tokens: int, version: str
+    ) -> None:
         endpoint = "chat" if prepared.kind == "chat" else "completions"
         self.metrics.requests.labels(
             prepared.model, endpoint, status, "true" if prepared.aligned else "false"
@@ -224,6 +247,12 @@ class GenerationService:
         self.metrics.latency.labels(prepared.model, endpoint).observe(time.monotonic() - started)
         self.metrics.prompt_tokens.labels(prepared.model).inc(prepared.prompt_tokens)
         self.metrics.completion_tokens.labels(prepared.model).inc(tokens)
+        self.metrics.version_requests.labels(prepared.model, version).inc()
+
+
+def fingerprint(version: str) -> str:
+    """``system_fingerprint``: which deployed version's weights produced the response."""
+    return f"alignserve:{version}"
 
 
 def _error_body(exc: ServiceError) -> dict[str, Any]:

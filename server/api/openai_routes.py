@@ -8,35 +8,40 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.api.deps import Generation, UserScope
+from server.api.generation import GenerationService, Prepared
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter(prefix="/v1")
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+VERSION_HEADER = "X-Alignserve-Model-Version"
 
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, service: Generation, _: UserScope
 ) -> JSONResponse | StreamingResponse:
-    prepared = service.prepare_chat(body)
-    if body.stream:
-        return StreamingResponse(
-            service.stream(prepared), media_type="text/event-stream", headers=_SSE_HEADERS
-        )
-    return JSONResponse(await service.complete(prepared))
+    return await _respond(service, service.prepare_chat(body), body.stream)
 
 
 @router.post("/completions", response_model=None)
 async def completions(
     body: CompletionRequest, service: Generation, _: UserScope
 ) -> JSONResponse | StreamingResponse:
-    prepared = service.prepare_completion(body)
-    if body.stream:
+    return await _respond(service, service.prepare_completion(body), body.stream)
+
+
+async def _respond(
+    service: GenerationService, prepared: Prepared, stream: bool
+) -> JSONResponse | StreamingResponse:
+    if stream:
+        events, version = await service.open_stream(prepared)
         return StreamingResponse(
-            service.stream(prepared), media_type="text/event-stream", headers=_SSE_HEADERS
+            events, media_type="text/event-stream",
+            headers={**_SSE_HEADERS, VERSION_HEADER: version},
         )
-    return JSONResponse(await service.complete(prepared))
+    body, version = await service.complete(prepared)
+    return JSONResponse(body, headers={VERSION_HEADER: version})
 
 
 @router.get("/models")

@@ -11,16 +11,27 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from server.api import responses as R
+from server.engine.types import GenerationDelta
 
 if TYPE_CHECKING:
-    from server.api.generation import GenerationService, Prepared
+    from server.api.generation import Prepared
+
+
+async def _chain(
+    first: tuple[int, GenerationDelta] | None, rest: AsyncIterator[tuple[int, GenerationDelta]]
+) -> AsyncIterator[tuple[int, GenerationDelta]]:
+    if first is not None:
+        yield first
+        async for item in rest:
+            yield item
 
 
 async def stream_events(
-    service: GenerationService, prepared: Prepared, started: float, counter: dict[str, int]
+    prepared: Prepared, first: tuple[int, GenerationDelta] | None,
+    rest: AsyncIterator[tuple[int, GenerationDelta]], fp: str, counter: dict[str, int],
 ) -> AsyncIterator[str]:
     created = int(time.time())
-    rid, model, fp = prepared.response_id, prepared.model, service.fingerprint()
+    rid, model = prepared.response_id, prepared.model
     usage_on = prepared.include_usage
     chat = prepared.kind == "chat"
     offsets: dict[int, int] = {}
@@ -31,11 +42,7 @@ async def stream_events(
                 rid, created, model, fp, index, {"role": "assistant", "content": ""}, None, None,
                 usage_on,
             ))
-    first = True
-    async for index, delta in service._deltas(prepared):
-        if first:
-            first = False
-            service.metrics.ttft.labels(model).observe(time.monotonic() - started)
+    async for index, delta in _chain(first, rest):
         counter["tokens"] += len(delta.token_ids)
         if delta.text or delta.logprobs:
             if chat:

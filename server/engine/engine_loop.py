@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from server.engine.engine_state import Job, Pair
 from server.engine.pairing import pair_args
+from server.engine.swap import lora_request, unload_if_idle
 from server.engine.types import GenerationDelta
 from server.engine.vllm_convert import finish_reason, row_logprob, sampling_params, vllm_logprobs
 from server.errors import EngineError
@@ -34,7 +35,7 @@ def admit(engine: VLLMEngine) -> None:
     leave its shadow waiting when only one slot is free, breaking the pair at its first token.
     """
     limit = engine.config.max_num_seqs
-    while engine._pending:
+    while engine._pending and not engine._swaps:  # a pending full swap holds admission
         job = engine._pending[0]
         if engine._active_seqs and engine._active_seqs + job.seqs_needed > limit:
             return
@@ -51,7 +52,11 @@ def admit(engine: VLLMEngine) -> None:
 
 def _start(engine: VLLMEngine, job: Job) -> None:
     request = job.request
-    lora = engine.lora_request(request.model)
+    version = engine.table.lookup(request.model, allow_staged=request.allow_staged)
+    job.version = version
+    job.version_label = engine.table.label_for(version)
+    version.inflight += 1
+    lora = lora_request(version) if version.mode == "adapter" else None
     if request.alignment is None:
         job.open_choices = 1
         engine._jobs[request.request_id] = job
@@ -79,7 +84,8 @@ def _start_pair(engine: VLLMEngine, pair: Pair) -> None:
     )
     base = f"{request.request_id}-{pair.index}-{pair.attempt}"
     pair.visible_rid, pair.shadow_rid = f"{base}-v", f"{base}-p"
-    lora = engine.lora_request(request.model)
+    version = pair.job.version
+    lora = lora_request(version) if version is not None and version.mode == "adapter" else None
 
     def extra(role: str) -> dict[str, Any]:
         return pair_args(
@@ -154,6 +160,7 @@ def _plain_deltas(engine: VLLMEngine, job: Job, out: Any) -> list[GenerationDelt
             GenerationDelta(
                 index=co.index, text=co.text, token_ids=tuple(co.token_ids), logprobs=logprobs,
                 finish_reason=finish_reason(co.finish_reason), stop_reason=co.stop_reason,
+                model_version=job.version_label,
             )
         )
     return result
@@ -174,6 +181,7 @@ def _pair_delta(engine: VLLMEngine, pair: Pair, out: Any) -> GenerationDelta:
     return GenerationDelta(
         index=pair.index, text=co.text, token_ids=tokens, logprobs=logprobs,
         finish_reason=finish_reason(co.finish_reason), stop_reason=co.stop_reason,
+        model_version=pair.job.version_label,
     )
 
 
@@ -202,7 +210,10 @@ def _restart_pair(
         return
     if len(pair.emitted) >= pair.job.request.sampling.max_tokens:
         deltas.setdefault(pair.job, []).append(
-            GenerationDelta(index=pair.index, text="", token_ids=(), finish_reason="length")
+            GenerationDelta(
+                index=pair.index, text="", token_ids=(), finish_reason="length",
+                model_version=pair.job.version_label,
+            )
         )
         pair.job.open_choices -= 1
         return
@@ -236,3 +247,6 @@ def _finish_job(engine: VLLMEngine, job: Job) -> None:
     if not job.done:
         job.done = True
         engine._active_seqs -= job.seqs
+        if job.version is not None:
+            job.version.inflight -= 1
+            unload_if_idle(engine, job.version)

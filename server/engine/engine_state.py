@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from server.engine.deployments import ModelVersion
 from server.engine.types import GenerationDelta, GenerationRequest
 
 
@@ -31,6 +32,8 @@ class Job:
     open_choices: int = 0
     seqs: int = 0  # engine sequences it occupies while admitted
     done: bool = False
+    version: ModelVersion | None = None  # bound at admission, kept to the last token
+    version_label: str = ""
 
     @property
     def aligned(self) -> bool:

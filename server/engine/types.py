@@ -44,6 +44,7 @@ class GenerationRequest:
     prompt_ids: tuple[int, ...]
     sampling: SamplingOptions
     alignment: AlignmentParams | None = None
+    allow_staged: bool = False  # internal smoke tests of a version before it goes live
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class GenerationDelta:
     logprobs: tuple[TokenLogprob, ...] | None = None
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
+    model_version: str = ""  # the version (``name@k``) whose weights produced these tokens
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ resets run between steps, never inside one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import queue
@@ -22,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from server.engine.deployments import DeploymentTable, ModelVersion
 from server.engine.engine_state import Job, Pair, Stream
 from server.engine.renderer import HFChatRenderer
 from server.engine.types import EngineStats, GenerationDelta, GenerationRequest, ModelCard
-from server.errors import EngineError, ModelNotFoundError, ServiceUnavailableError
+from server.errors import EngineError, ServiceUnavailableError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,6 +85,8 @@ def _engine_args(config: EngineConfig) -> Any:
         max_lora_rank=config.max_lora_rank,
         max_logprobs=config.max_logprobs,
         logits_processors=[LinearAlignmentProcessor],
+        worker_extension_cls="server.engine.worker_ext.WeightSwapExtension",
+        max_cpu_loras=max(16, config.max_loras),
         disable_log_stats=True,
         seed=0,
     )
@@ -99,10 +103,12 @@ class VLLMEngine:
         self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         # Engine-thread state (see engine_loop): touched only on the engine thread.
         self._pending: deque[Job] = deque()
+        self._swaps: deque[Callable[[], None]] = deque()  # run once no request is active
         self._active_seqs = 0
         self._jobs: dict[str, Job] = {}  # engine request id -> plain job
         self._pairs: dict[str, Pair] = {}  # engine request id (either half) -> aligned pair
         self._book_id = f"book-{uuid.uuid4().hex[:8]}"
+        self.table: DeploymentTable | None = None
         self.book: Any = None
         self._dead: BaseException | None = None
         self._stopping = False
@@ -140,6 +146,9 @@ class VLLMEngine:
         self.book = open_book(self._book_id)
         self._engine = LLMEngine.from_engine_args(_engine_args(self.config))
         self._renderer = HFChatRenderer(self._engine.get_tokenizer())
+        base = ModelVersion(self.config.served_name, 0, "base", self.config.model_path,
+                            state="live", loaded=True, created=self.created)
+        self.table = DeploymentTable(base)
 
     async def shutdown(self) -> None:
         from server.engine.pairing import close_book
@@ -153,17 +162,16 @@ class VLLMEngine:
 
     # -- models ----------------------------------------------------------------------------
     def model_cards(self) -> list[ModelCard]:
-        name = self.config.served_name
-        return [ModelCard(id=name, root=str(self.config.model_path), created=self.created,
-                          max_model_len=self.config.max_model_len)]
+        if self.table is None:
+            return []
+        cards = self.table.cards()
+        return [dataclasses.replace(c, max_model_len=self.config.max_model_len) for c in cards]
 
     def resolve_model(self, name: str) -> str:
-        if name == self.config.served_name:
-            return name
-        known = ", ".join(card.id for card in self.model_cards())
-        raise ModelNotFoundError(
-            f"The model '{name}' does not exist. Available models: {known}.", param="model"
-        )
+        if self.table is None:
+            raise ServiceUnavailableError("the engine is still starting")
+        self.table.lookup(name)
+        return name
 
     def stats(self) -> EngineStats:
         active = len({*self._jobs.values(), *(p.job for p in self._pairs.values())})
@@ -178,10 +186,6 @@ class VLLMEngine:
     def llm(self) -> Any:
         return self._engine
 
-    def lora_request(self, model: str) -> Any:
-        """The LoRA adapter serving ``model``, or None for the base model."""
-        return None
-
     def decode_token(self, token_id: int) -> str:
         return self.renderer.decode([token_id])
 
@@ -193,7 +197,8 @@ class VLLMEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationDelta]]:
         if not self.ready:
             raise ServiceUnavailableError("the engine is not ready", retry_after_s=5)
-        self.resolve_model(request.model)
+        if self.table is not None:
+            self.table.lookup(request.model, allow_staged=request.allow_staged)
         stream = Stream(asyncio.get_running_loop())
         job = Job(request, stream)
         self._commands.put(lambda: self._submit(job))
@@ -236,6 +241,36 @@ class VLLMEngine:
         self._commands.put(run)
         return await future
 
+    async def call_drained(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(self)`` on the engine thread once no request is running.
+
+        Admission pauses until it has run: requests in flight finish on the old state, new ones
+        wait in the queue (a full-weight swap never mixes weights inside one response).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def run() -> None:
+            try:
+                result = fn(self)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+        self._commands.put(lambda: self._swaps.append(run))
+        return await future
+
+    def _run_swaps_if_drained(self) -> None:
+        from server.engine.engine_loop import admit
+
+        ran = False
+        while self._swaps and not self._jobs and not self._pairs:
+            self._run_command(self._swaps.popleft())
+            ran = True
+        if ran:
+            admit(self)
+
     # -- engine thread ---------------------------------------------------------------------
     def _loop(self) -> None:
         from server.engine.engine_loop import step_once
@@ -258,6 +293,7 @@ class VLLMEngine:
                     if more is None:
                         return
                     self._run_command(more)
+            self._run_swaps_if_drained()
             if self._engine.has_unfinished_requests():
                 try:
                     step_once(self)

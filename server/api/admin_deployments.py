@@ -1,0 +1,58 @@
+"""/admin/v1/deployments: put trained checkpoints live, roll back, remove (admin key only)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.api.deps import AdminScope
+from server.deploy_service import DeploymentService
+from server.errors import ServiceUnavailableError
+
+router = APIRouter(prefix="/admin/v1/deployments")
+
+
+class DeploymentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: str = Field(min_length=1, description="Checkpoint id (GET /admin/v1/checkpoints).")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+                      description="Served name; requests use it as `model` (or `name@version`).")
+    mode: Literal["adapter", "full"] = Field(
+        default="adapter", description="adapter: LoRA next to the base; full: replace weights."
+    )
+
+
+def _service(request: Request) -> DeploymentService:
+    service: DeploymentService | None = getattr(request.app.state, "deployments", None)
+    if service is None:
+        raise ServiceUnavailableError("deployments are not available on this engine")
+    return service
+
+
+Deployments = Annotated[DeploymentService, Depends(_service)]
+
+
+@router.post("", response_model=None)
+async def create(body: DeploymentRequest, service: Deployments, _: AdminScope) -> JSONResponse:
+    record = await service.deploy(body.checkpoint, body.name, body.mode)
+    status = 201 if record["status"] == "live" else 422
+    return JSONResponse(record, status_code=status)
+
+
+@router.get("")
+async def list_all(service: Deployments, _: AdminScope) -> dict[str, Any]:
+    return {"object": "list", "data": service.list()}
+
+
+@router.post("/{name}/rollback")
+async def rollback(name: str, service: Deployments, _: AdminScope) -> dict[str, Any]:
+    return await service.rollback(name)
+
+
+@router.delete("/{name}")
+async def delete(name: str, service: Deployments, _: AdminScope) -> dict[str, Any]:
+    await service.delete(name)
+    return {"name": name, "deleted": True}
