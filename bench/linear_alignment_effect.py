@@ -53,46 +53,76 @@ def configs(principle: str, alphas: tuple[float, float]) -> dict[str, dict[str, 
     return {
         "no principle": {},
         "principle in prompt": {"system": f"{DEFAULT_SYSTEM}\n{principle}"},
-        f"linear alignment a={alphas[0]:g}": {"alignment": {"principle": principle, "alpha": alphas[0]}},
-        f"linear alignment a={alphas[1]:g}": {"alignment": {"principle": principle, "alpha": alphas[1]}},
+        f"linear alignment a={alphas[0]:g}": {
+            "alignment": {"principle": principle, "alpha": alphas[0]}
+        },
+        f"linear alignment a={alphas[1]:g}": {
+            "alignment": {"principle": principle, "alpha": alphas[1]}
+        },
     }
 
 
-async def answer(client: openai.AsyncOpenAI, model: str, prompt: str, cfg: dict[str, Any],
-                 max_tokens: int, sem: asyncio.Semaphore) -> str:
+async def answer(
+    client: openai.AsyncOpenAI,
+    model: str,
+    prompt: str,
+    cfg: dict[str, Any],
+    max_tokens: int,
+    sem: asyncio.Semaphore,
+) -> str:
     messages = [{"role": "user", "content": prompt}]
     if "system" in cfg:
         messages.insert(0, {"role": "system", "content": cfg["system"]})
     extra = {"alignment": cfg["alignment"]} if "alignment" in cfg else None
     async with sem:
         r = await client.chat.completions.create(
-            model=model, messages=messages, max_tokens=max_tokens, temperature=0,  # type: ignore[arg-type]
+            model=model,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=0,  # type: ignore[arg-type]
             extra_body=extra,
         )
     return r.choices[0].message.content or ""
 
 
-async def run_task(client: openai.AsyncOpenAI, model: str, prompts: list[str], principle: str,
-                   alphas: tuple[float, float], max_tokens: int, concurrency: int) -> dict[str, dict[str, float]]:
+async def run_task(
+    client: openai.AsyncOpenAI,
+    model: str,
+    prompts: list[str],
+    principle: str,
+    alphas: tuple[float, float],
+    max_tokens: int,
+    concurrency: int,
+) -> dict[str, dict[str, float]]:
     sem = asyncio.Semaphore(concurrency)
     result = {}
     for name, cfg in configs(principle, alphas).items():
-        answers = await asyncio.gather(*(answer(client, model, p, cfg, max_tokens, sem) for p in prompts))
+        answers = await asyncio.gather(
+            *(answer(client, model, p, cfg, max_tokens, sem) for p in prompts)
+        )
         words = [len(a.split()) for a in answers]
         result[name] = {
             "refusal_rate": sum(map(is_refusal, answers)) / len(answers),
             "mean_words": sum(words) / len(words),
-            "one_sentence_rate": sum(1 for a in answers if len(re.findall(r"[.!?](\s|$)", a)) <= 1) / len(answers),
+            "one_sentence_rate": sum(1 for a in answers if len(re.findall(r"[.!?](\s|$)", a)) <= 1)
+            / len(answers),
         }
         logger.info("%s: %s", name, result[name])
     return result
 
 
 def table(title: str, rows: dict[str, dict[str, float]]) -> str:
-    lines = [f"### {title}", "", "| configuration | refusal rate | mean words | one-sentence rate |",
-             "|---|---|---|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| configuration | refusal rate | mean words | one-sentence rate |",
+        "|---|---|---|---|",
+    ]
     for name, m in rows.items():
-        lines.append(f"| {name} | {m['refusal_rate']:.2f} | {m['mean_words']:.1f} | {m['one_sentence_rate']:.2f} |")
+        lines.append(
+            f"| {name} | {m['refusal_rate']:.2f} | {m['mean_words']:.1f} "
+            f"| {m['one_sentence_rate']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -114,16 +144,27 @@ def main() -> None:
     harmful = load_prompts(data / "harmful_harmbench.jsonl", args.limit)
 
     async def both() -> dict[str, Any]:
-        concise = await run_task(client, args.model, helpful, CONCISE, (3.0, 8.0), args.max_tokens, args.concurrency)
-        harmless = await run_task(client, args.model, harmful, HARMLESS, (3.0, 8.0), args.max_tokens, args.concurrency)
+        concise = await run_task(
+            client, args.model, helpful, CONCISE, (3.0, 8.0), args.max_tokens, args.concurrency
+        )
+        harmless = await run_task(
+            client, args.model, harmful, HARMLESS, (3.0, 8.0), args.max_tokens, args.concurrency
+        )
         return {"concise_on_helpful": concise, "harmless_on_harmbench": harmless}
 
     results = asyncio.run(both())
-    report = "\n\n".join([
-        table(f"'{CONCISE}' on {len(helpful)} AlpacaEval prompts", results["concise_on_helpful"]),
-        table(f"Short harmless principle on {len(harmful)} HarmBench prompts", results["harmless_on_harmbench"]),
-    ])
-    print(report)  # noqa: T201 - the report is this script's output
+    report = "\n\n".join(
+        [
+            table(
+                f"'{CONCISE}' on {len(helpful)} AlpacaEval prompts", results["concise_on_helpful"]
+            ),
+            table(
+                f"Short harmless principle on {len(harmful)} HarmBench prompts",
+                results["harmless_on_harmbench"],
+            ),
+        ]
+    )
+    print(report)
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -96,7 +96,9 @@ def aligned_conversations(
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(without, with) the principle: the conversations for z_0 and z_p."""
     plain = [dict(m) for m in messages]
-    first_system = next((i for i, m in enumerate(plain) if m["role"] in ("system", "developer")), None)
+    first_system = next(
+        (i for i, m in enumerate(plain) if m["role"] in ("system", "developer")), None
+    )
     if first_system is None and default_system_prompt:
         plain.insert(0, {"role": "system", "content": default_system_prompt})
         first_system = 0

@@ -26,29 +26,37 @@ def _serve(args: argparse.Namespace) -> int:
     from server.engine.vllm_engine import EngineConfig, VLLMEngine
     from server.model_store import resolve_model
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("model", args.model))
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("host", args.host), ("port", args.port), ("model", args.model))
+        if v is not None
+    }
     settings = Settings(**overrides)
     keyring = KeyRing.from_settings(settings.api_keys, settings.admin_keys, settings.keys_file)
     if keyring.open_access:
         if not settings.is_loopback:
             logger.error(
                 "refusing to bind %s without API keys: set ALIGNSERVE_API_KEYS and "
-                "ALIGNSERVE_ADMIN_KEYS, or bind 127.0.0.1", settings.host,
+                "ALIGNSERVE_ADMIN_KEYS, or bind 127.0.0.1",
+                settings.host,
             )
             return 2
-        logger.warning(
-            "no API keys configured: DEVELOPMENT MODE, open access on %s", settings.host
-        )
+        logger.warning("no API keys configured: DEVELOPMENT MODE, open access on %s", settings.host)
     resolved = resolve_model(settings.model, settings.home, progress=_progress)
-    engine = VLLMEngine(EngineConfig(
-        model_path=resolved.path, served_name=resolved.served_name,
-        max_model_len=settings.max_model_len, kv_cache_gib=settings.kv_cache_gib,
-        max_num_seqs=settings.max_num_seqs,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        enable_lora=settings.enable_lora, max_loras=settings.max_loras,
-        max_lora_rank=settings.max_lora_rank, max_logprobs=settings.max_logprobs,
-    ))
+    engine = VLLMEngine(
+        EngineConfig(
+            model_path=resolved.path,
+            served_name=resolved.served_name,
+            max_model_len=settings.max_model_len,
+            kv_cache_gib=settings.kv_cache_gib,
+            max_num_seqs=settings.max_num_seqs,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            enable_lora=settings.enable_lora,
+            max_loras=settings.max_loras,
+            max_lora_rank=settings.max_lora_rank,
+            max_logprobs=settings.max_logprobs,
+        )
+    )
     from server.training import TrainingService
     from server.workers import WorkerPool
     from trainers.store import SqliteJobStore
@@ -56,8 +64,9 @@ def _serve(args: argparse.Namespace) -> int:
     training = TrainingService(
         SqliteJobStore.at_home(settings.home), settings.home, base_model=str(resolved.path)
     )
-    app = create_app(engine, keyring, presets_file=settings.presets_file, home=settings.home,
-                     training=training)
+    app = create_app(
+        engine, keyring, presets_file=settings.presets_file, home=settings.home, training=training
+    )
     pool = WorkerPool(settings.workers, settings.home, str(resolved.path))
     pool.start()
     try:
@@ -80,8 +89,12 @@ def _worker(args: argparse.Namespace) -> int:
     if model or default_pulled:  # never pull here: a job may name its own model folder
         default_model = str(resolve_model(model, settings.home, progress=_progress).path)
     return worker_main(
-        Path(settings.home), default_model, once=args.once, lease_s=args.lease,
-        poll_s=args.poll, max_attempts=args.max_attempts,
+        Path(settings.home),
+        default_model,
+        once=args.once,
+        lease_s=args.lease,
+        poll_s=args.poll,
+        max_attempts=args.max_attempts,
     )
 
 
@@ -130,12 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-attempts", type=int, default=3)
     worker.set_defaults(func=_worker)
 
-    model = sub.add_parser("model", help="Manage models.").add_subparsers(dest="action", required=True)
+    model = sub.add_parser("model", help="Manage models.").add_subparsers(
+        dest="action", required=True
+    )
     pull = model.add_parser("pull", help="Fetch and convert a model (default: the embedded one).")
     pull.add_argument("model", nargs="?", default=None)
     pull.set_defaults(func=_model_pull)
 
-    data = sub.add_parser("data", help="Manage datasets.").add_subparsers(dest="action", required=True)
+    data = sub.add_parser("data", help="Manage datasets.").add_subparsers(
+        dest="action", required=True
+    )
     dpull = data.add_parser("pull", help="Fetch the development datasets (ASSETS).")
     dpull.add_argument("names", nargs="*")
     dpull.set_defaults(func=_data_pull)

@@ -54,7 +54,7 @@ class DeploymentService:
         self._lock = asyncio.Lock()  # one deployment change at a time
 
     # -- API -------------------------------------------------------------------------------
-    def list(self) -> list[dict[str, Any]]:
+    def records_view(self) -> list[dict[str, Any]]:
         return [{**asdict(r), "label": r.label if r.version else None} for r in self.records]
 
     async def deploy(self, checkpoint: str, name: str, mode: DeployMode) -> dict[str, Any]:
@@ -67,7 +67,9 @@ class DeploymentService:
             try:
                 checked = time.monotonic()
                 weights = await asyncio.to_thread(self._verified_weights, folder, mode)
-                logger.info("checkpoint %s verified in %.2f s", checkpoint, time.monotonic() - checked)
+                logger.info(
+                    "checkpoint %s verified in %.2f s", checkpoint, time.monotonic() - checked
+                )
                 result = await vllm_deploy.deploy(self.engine, name, weights, mode, self._smoke())
             except Exception as exc:
                 return self._failed(record, exc)
@@ -82,8 +84,14 @@ class DeploymentService:
     async def rollback(self, name: str) -> dict[str, Any]:
         async with self._lock:
             live = self._live(name)
-            earlier = [r for r in self.records if r.name == name and r.status == "retired"
-                       and r.version is not None and r.version < (live.version or 0)]
+            earlier = [
+                r
+                for r in self.records
+                if r.name == name
+                and r.status == "retired"
+                and r.version is not None
+                and r.version < (live.version or 0)
+            ]
             if not earlier:
                 raise ConflictError(f"deployment '{name}' has no earlier version to roll back to")
             target = earlier[-1]
@@ -180,8 +188,9 @@ class DeploymentService:
         record.status, record.reason = "failed", str(exc) or type(exc).__name__
         self._observe(record.mode, "failed", None)
         self._save()
-        logger.warning("deployment of %s as %s failed: %s", record.checkpoint, record.name,
-                       record.reason)
+        logger.warning(
+            "deployment of %s as %s failed: %s", record.checkpoint, record.name, record.reason
+        )
         return {**asdict(record), "label": None}
 
     def _observe(self, mode: str, outcome: str, seconds: float | None) -> None:

@@ -1,4 +1,4 @@
-"""Domain errors raised by services; mapped to the OpenAI error shape in one place (api/errors.py)."""
+"""Domain errors raised by services, mapped to the OpenAI error shape in api/errors.py."""
 
 from __future__ import annotations
 

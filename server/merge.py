@@ -1,4 +1,4 @@
-"""Merge a LoRA checkpoint into full weights, so a trained adapter can also go live in 'full' mode."""
+"""Merge a LoRA checkpoint into full weights, so an adapter can also go live in 'full' mode."""
 
 from __future__ import annotations
 

@@ -15,24 +15,36 @@ class Metrics:
     def __init__(self, engine_stats: Callable[[], EngineStats] | None = None):
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "alignserve_requests_total", "Finished API requests.",
-            ["model", "endpoint", "status", "aligned"], registry=self.registry,
+            "alignserve_requests_total",
+            "Finished API requests.",
+            ["model", "endpoint", "status", "aligned"],
+            registry=self.registry,
         )
         self.prompt_tokens = Counter(
-            "alignserve_prompt_tokens_total", "Prompt tokens processed.", ["model"],
+            "alignserve_prompt_tokens_total",
+            "Prompt tokens processed.",
+            ["model"],
             registry=self.registry,
         )
         self.completion_tokens = Counter(
-            "alignserve_completion_tokens_total", "Completion tokens returned.", ["model"],
+            "alignserve_completion_tokens_total",
+            "Completion tokens returned.",
+            ["model"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "alignserve_request_latency_seconds", "End-to-end request latency.",
-            ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "alignserve_request_latency_seconds",
+            "End-to-end request latency.",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.ttft = Histogram(
-            "alignserve_time_to_first_token_seconds", "Time to the first generated token.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "alignserve_time_to_first_token_seconds",
+            "Time to the first generated token.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.queue_depth = Gauge(
             "alignserve_queue_depth", "Requests waiting for engine slots.", registry=self.registry
@@ -47,12 +59,17 @@ class Metrics:
             registry=self.registry,
         )
         self.swaps = Counter(
-            "alignserve_swaps_total", "Deployment swaps by outcome.", ["mode", "outcome"],
+            "alignserve_swaps_total",
+            "Deployment swaps by outcome.",
+            ["mode", "outcome"],
             registry=self.registry,
         )
         self.swap_seconds = Histogram(
-            "alignserve_swap_duration_seconds", "Time to put a version live (incl. checks).",
-            ["mode"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30), registry=self.registry,
+            "alignserve_swap_duration_seconds",
+            "Time to put a version live (incl. checks).",
+            ["mode"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30),
+            registry=self.registry,
         )
         self.aborted_by_swap = Counter(
             "alignserve_requests_aborted_by_swap_total",
@@ -60,8 +77,10 @@ class Metrics:
             registry=self.registry,
         )
         self.version_requests = Counter(
-            "alignserve_requests_by_version_total", "Requests by the model version that served "
-            "them.", ["model", "version"], registry=self.registry,
+            "alignserve_requests_by_version_total",
+            "Requests by the model version that served them.",
+            ["model", "version"],
+            registry=self.registry,
         )
         self._engine_stats = engine_stats
 

@@ -19,7 +19,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALIGNSERVE_", extra="ignore")
 
-    home: Path = Field(default_factory=_default_home, description="Models, data, jobs, checkpoints.")
+    home: Path = Field(
+        default_factory=_default_home, description="Models, data, jobs, checkpoints."
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     model: str | None = Field(default=None, description="Served model: name or local HF folder.")

@@ -90,15 +90,19 @@ class FakeEngine:
                 last = i == len(text) - 1
                 yield [
                     GenerationDelta(
-                        index=k, text=ch, token_ids=(VOCAB.index(ch),),
+                        index=k,
+                        text=ch,
+                        token_ids=(VOCAB.index(ch),),
                         logprobs=self._logprobs(ch, opts.logprobs),
                         finish_reason=finish if last else None,  # type: ignore[arg-type]
                     )
                     for k in range(opts.n)
                 ]
             if not text:
-                yield [GenerationDelta(index=k, text="", token_ids=(), finish_reason="stop")
-                       for k in range(opts.n)]
+                yield [
+                    GenerationDelta(index=k, text="", token_ids=(), finish_reason="stop")
+                    for k in range(opts.n)
+                ]
         except GeneratorExit:
             self.aborted.append(request.request_id)
             raise

@@ -18,8 +18,12 @@ router = APIRouter(prefix="/admin/v1/deployments")
 class DeploymentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     checkpoint: str = Field(min_length=1, description="Checkpoint id (GET /admin/v1/checkpoints).")
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
-                      description="Served name; requests use it as `model` (or `name@version`).")
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Served name; requests use it as `model` (or `name@version`).",
+    )
     mode: Literal["adapter", "full"] = Field(
         default="adapter", description="adapter: LoRA next to the base; full: replace weights."
     )
@@ -44,7 +48,7 @@ async def create(body: DeploymentRequest, service: Deployments, _: AdminScope) -
 
 @router.get("")
 async def list_all(service: Deployments, _: AdminScope) -> dict[str, Any]:
-    return {"object": "list", "data": service.list()}
+    return {"object": "list", "data": service.records_view()}
 
 
 @router.post("/{name}/rollback")

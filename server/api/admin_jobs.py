@@ -34,8 +34,7 @@ async def _read_upload(request: Request, limit: int) -> tuple[bytes, str | None,
     form = await request.form(max_part_size=limit + 1)
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
-        raise InvalidRequestError("multipart field 'file' (a JSONL file) is required",
-                                  param="file")
+        raise InvalidRequestError("multipart field 'file' (a JSONL file) is required", param="file")
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLargeError(f"the file exceeds the {limit} byte limit", param="file")
@@ -51,7 +50,8 @@ async def upload_dataset(request: Request, _: AdminScope, training: Training) ->
         if not isinstance(body, dict) or not isinstance(body.get("path"), str):
             raise InvalidRequestError("JSON body needs a server-side 'path'", param="path")
         record = await asyncio.to_thread(
-            training.import_server_path, body["path"], body.get("format"))
+            training.import_server_path, body["path"], body.get("format")
+        )
     else:
         data, fmt, name = await _read_upload(request, training.max_dataset_bytes)
         record = await asyncio.to_thread(training.upload, data, fmt, name)
@@ -91,14 +91,14 @@ def cancel_job(job_id: str, _: AdminScope, training: Training) -> dict[str, Any]
 
 
 @router.get("/admin/v1/jobs/{job_id}/events")
-def job_events(job_id: str, request: Request, _: AdminScope, training: Training,
-               after: int = 0) -> StreamingResponse:
+def job_events(
+    job_id: str, request: Request, _: AdminScope, training: Training, after: int = 0
+) -> StreamingResponse:
     """Server-sent events: one ``data:`` JSON line per event, ``[DONE]`` once the job ended."""
     training.get_job(job_id)
     last = request.headers.get("last-event-id")
     start = int(last) if last and last.isdigit() else after
-    return StreamingResponse(_event_stream(training, job_id, start),
-                             media_type="text/event-stream")
+    return StreamingResponse(_event_stream(training, job_id, start), media_type="text/event-stream")
 
 
 async def _event_stream(training: TrainingService, job_id: str, after: int) -> AsyncIterator[str]:
@@ -106,8 +106,13 @@ async def _event_stream(training: TrainingService, job_id: str, after: int) -> A
         job = await asyncio.to_thread(training.get_job, job_id)
         for event in await asyncio.to_thread(training.events, job_id, after):
             after = event.id
-            payload = {"id": event.id, "created_at": event.ts, "level": event.level,
-                       "message": event.message, "data": event.data}
+            payload = {
+                "id": event.id,
+                "created_at": event.ts,
+                "level": event.level,
+                "message": event.message,
+                "data": event.data,
+            }
             yield f"id: {event.id}\ndata: {json.dumps(payload)}\n\n"
         if job.status in TERMINAL:
             yield "data: [DONE]\n\n"
@@ -121,8 +126,13 @@ def list_checkpoints(_: AdminScope, training: Training) -> dict[str, Any]:
 
 
 # -- OpenAI-style fine-tuning ---------------------------------------------------------------------
-_OPENAI_STATUS = {"queued": "queued", "running": "running", "succeeded": "succeeded",
-                  "failed": "failed", "cancelled": "cancelled"}
+_OPENAI_STATUS = {
+    "queued": "queued",
+    "running": "running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
 
 
 def _openai_to_spec(body: dict[str, Any]) -> dict[str, Any]:
@@ -136,9 +146,14 @@ def _openai_to_spec(body: dict[str, Any]) -> dict[str, Any]:
         if unsupported in hyper:
             raise InvalidRequestError(
                 f"{unsupported} is not supported; use max_steps / learning_rate",
-                param=f"method.{kind}.hyperparameters.{unsupported}")
-    spec = {"method": kind, "dataset": body.get("training_file"), "hyperparameters": hyper,
-            **options}
+                param=f"method.{kind}.hyperparameters.{unsupported}",
+            )
+    spec = {
+        "method": kind,
+        "dataset": body.get("training_file"),
+        "hyperparameters": hyper,
+        **options,
+    }
     if body.get("model") and "/" in str(body["model"]):
         spec["model"] = body["model"]
     if body.get("suffix"):
@@ -150,32 +165,46 @@ def _openai_to_spec(body: dict[str, Any]) -> dict[str, Any]:
 
 def _openai_view(job: Job) -> dict[str, Any]:
     cfg = job.config
-    error = {"code": "training_failed", "message": job.error, "param": None} \
-        if job.status == "failed" else None
+    error = (
+        {"code": "training_failed", "message": job.error, "param": None}
+        if job.status == "failed"
+        else None
+    )
     return {
-        "object": "fine_tuning.job", "id": job.id, "model": cfg.get("model"),
+        "object": "fine_tuning.job",
+        "id": job.id,
+        "model": cfg.get("model"),
         "created_at": int(job.created_at),
         "finished_at": int(job.finished_at) if job.finished_at else None,
-        "fine_tuned_model": job.checkpoint_id, "organization_id": "alignserve",
-        "result_files": [], "status": _OPENAI_STATUS[job.status],
-        "training_file": cfg.get("dataset"), "validation_file": None,
-        "hyperparameters": cfg.get("hyperparameters"), "trained_tokens": None,
-        "error": error, "seed": cfg.get("hyperparameters", {}).get("seed"),
+        "fine_tuned_model": job.checkpoint_id,
+        "organization_id": "alignserve",
+        "result_files": [],
+        "status": _OPENAI_STATUS[job.status],
+        "training_file": cfg.get("dataset"),
+        "validation_file": None,
+        "hyperparameters": cfg.get("hyperparameters"),
+        "trained_tokens": None,
+        "error": error,
+        "seed": cfg.get("hyperparameters", {}).get("seed"),
         "method": {"type": job.method},
     }
 
 
 @router.post("/v1/fine_tuning/jobs")
-async def create_fine_tuning_job(request: Request, _: AdminScope,
-                                 training: Training) -> dict[str, Any]:
+async def create_fine_tuning_job(
+    request: Request, _: AdminScope, training: Training
+) -> dict[str, Any]:
     spec = _openai_to_spec(await _json_body(request))
     return _openai_view(await asyncio.to_thread(training.create_job, spec))
 
 
 @router.get("/v1/fine_tuning/jobs")
 def list_fine_tuning_jobs(_: AdminScope, training: Training, limit: int = 20) -> dict[str, Any]:
-    return {"object": "list", "data": [_openai_view(j) for j in training.jobs(limit)],
-            "has_more": False}
+    return {
+        "object": "list",
+        "data": [_openai_view(j) for j in training.jobs(limit)],
+        "has_more": False,
+    }
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from server.alignment import build_presets
+from server.api.admin_deployments import router as deployments_router
 from server.api.admin_jobs import router as admin_jobs_router
 from server.api.errors import error_response, install_error_handlers
 from server.api.generation import GenerationService
-from server.api.admin_deployments import router as deployments_router
 from server.api.openai_routes import router as openai_router
 from server.auth import KeyRing
 from server.engine.base import Engine
@@ -25,10 +25,15 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(
-    engine: Engine, keyring: KeyRing, presets_file: str | None = None, start_engine: bool = True,
-    home: Path | None = None, training: TrainingService | None = None,
+    engine: Engine,
+    keyring: KeyRing,
+    presets_file: str | None = None,
+    start_engine: bool = True,
+    home: Path | None = None,
+    training: TrainingService | None = None,
 ) -> FastAPI:
     """Build the service around ``engine``. The engine starts with the app and stops with it."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if start_engine:
@@ -60,7 +65,10 @@ def create_app(
     async def health() -> Response:
         if not engine.ready:
             return error_response(
-                503, "the engine is not ready", "server_error", code="service_unavailable",
+                503,
+                "the engine is not ready",
+                "server_error",
+                code="service_unavailable",
                 headers={"Retry-After": "5"},
             )
         stats = engine.stats()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,7 +12,7 @@ from server.auth import KeyRing, Scope, bearer_token
 from server.errors import AuthenticationError, PermissionDeniedError
 
 
-def _require(scope: Scope):  # type: ignore[no-untyped-def]
+def _require(scope: Scope) -> Callable[[Request], Scope]:
     def check(request: Request) -> Scope:
         keyring: KeyRing = request.app.state.keyring
         token = bearer_token(request.headers.get("authorization"))

@@ -17,7 +17,11 @@ logger = logging.getLogger(__name__)
 
 
 def error_response(
-    status: int, message: str, error_type: str, param: str | None = None, code: str | None = None,
+    status: int,
+    message: str,
+    error_type: str,
+    param: str | None = None,
+    code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
@@ -59,7 +63,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         error_id = uuid.uuid4().hex[:12]
         logger.error(
-            "unhandled error %s on %s %s", error_id, request.method, request.url.path,
+            "unhandled error %s on %s %s",
+            error_id,
+            request.method,
+            request.url.path,
             exc_info=exc,
         )
         return error_response(

@@ -78,8 +78,15 @@ class GenerationService:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         request = GenerationRequest(rid, model, tuple(prompt_ids), options, alignment)
         return Prepared(
-            "chat", rid, model, (request,), req.n, len(prompt_ids), req.logprobs,
-            bool(req.stream_options and req.stream_options.include_usage), alignment is not None,
+            "chat",
+            rid,
+            model,
+            (request,),
+            req.n,
+            len(prompt_ids),
+            req.logprobs,
+            bool(req.stream_options and req.stream_options.include_usage),
+            alignment is not None,
         )
 
     def prepare_completion(self, req: CompletionRequest) -> Prepared:
@@ -103,9 +110,15 @@ class GenerationService:
             options = self._options(req, req.max_tokens, len(ids), req.logprobs, "max_tokens")
             requests.append(GenerationRequest(f"{rid}-{i}", model, tuple(ids), options))
         return Prepared(
-            "completion", rid, model, tuple(requests), req.n, sum(len(p) for p in prompts),
+            "completion",
+            rid,
+            model,
+            tuple(requests),
+            req.n,
+            sum(len(p) for p in prompts),
             req.logprobs is not None,
-            bool(req.stream_options and req.stream_options.include_usage), False,
+            bool(req.stream_options and req.stream_options.include_usage),
+            False,
         )
 
     def _options(
@@ -115,7 +128,8 @@ class GenerationService:
         if prompt_len >= limit:
             raise InvalidRequestError(
                 f"This model's maximum context length is {limit} tokens, but the prompt has "
-                f"{prompt_len} tokens.", param="messages" if param == "max_tokens" else param,
+                f"{prompt_len} tokens.",
+                param="messages" if param == "max_tokens" else param,
                 code="context_length_exceeded",
             )
         if max_tokens is None:
@@ -125,12 +139,19 @@ class GenerationService:
                 f"This model's maximum context length is {limit} tokens. However, you requested "
                 f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for "
                 "the completion). Please reduce the prompt or max_tokens.",
-                param=param, code="context_length_exceeded",
+                param=param,
+                code="context_length_exceeded",
             )
         return SamplingOptions(
-            max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, n=req.n,
-            seed=req.seed, stop=req.stop_list(), logprobs=logprobs,
-            presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            n=req.n,
+            seed=req.seed,
+            stop=req.stop_list(),
+            logprobs=logprobs,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
         )
 
     # -- execution -------------------------------------------------------------------------
@@ -184,12 +205,18 @@ class GenerationService:
                 choices[index].add(delta)
             status = "ok"
         finally:
-            self._record(prepared, started, status, sum(c.tokens for c in choices.values()),
-                         version)
+            self._record(
+                prepared, started, status, sum(c.tokens for c in choices.values()), version
+            )
         build = R.chat_response if prepared.kind == "chat" else R.completion_response
         body = build(
-            prepared.response_id, int(time.time()), prepared.model, fingerprint(version),
-            choices, prepared.want_logprobs, prepared.prompt_tokens,
+            prepared.response_id,
+            int(time.time()),
+            prepared.model,
+            fingerprint(version),
+            choices,
+            prepared.want_logprobs,
+            prepared.prompt_tokens,
         )
         return body, version
 
@@ -213,15 +240,21 @@ class GenerationService:
         return self._stream(prepared, first, deltas, started, version), version
 
     async def _stream(
-        self, prepared: Prepared, first: tuple[int, GenerationDelta] | None,
-        deltas: AsyncIterator[tuple[int, GenerationDelta]], started: float, version: str,
+        self,
+        prepared: Prepared,
+        first: tuple[int, GenerationDelta] | None,
+        deltas: AsyncIterator[tuple[int, GenerationDelta]],
+        started: float,
+        version: str,
     ) -> AsyncIterator[str]:
         from server.api.streaming import stream_events
 
         counter = {"tokens": 0}
         status = "error"
         try:
-            async for event in stream_events(prepared, first, deltas, fingerprint(version), counter):
+            async for event in stream_events(
+                prepared, first, deltas, fingerprint(version), counter
+            ):
                 yield event
             status = "ok"
         except ServiceError as exc:

@@ -37,7 +37,8 @@ async def _respond(
     if stream:
         events, version = await service.open_stream(prepared)
         return StreamingResponse(
-            events, media_type="text/event-stream",
+            events,
+            media_type="text/event-stream",
             headers={**_SSE_HEADERS, VERSION_HEADER: version},
         )
     body, version = await service.complete(prepared)

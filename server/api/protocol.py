@@ -41,9 +41,14 @@ class AlignmentRequest(BaseModel):
         default=None, description="Principle appended to the first system message for z_p."
     )
     preset: str | None = Field(default=None, description="Name of a configured principle preset.")
-    alpha: float = Field(default=3.0, ge=0.0, le=50.0, description="Step size: z_p + alpha(z_p - z_0).")
+    alpha: float = Field(
+        default=3.0, ge=0.0, le=50.0, description="Step size: z_p + alpha(z_p - z_0)."
+    )
     nucleus_top_p: float = Field(
-        default=0.8, gt=0.0, le=1.0, description="Nucleus mass on softmax(z_p / nucleus_temperature)."
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus mass on softmax(z_p / nucleus_temperature).",
     )
     nucleus_temperature: float = Field(default=0.5, gt=0.0, le=10.0)
     preference: str | None = Field(
@@ -122,9 +127,9 @@ class ChatCompletionRequest(_SamplingFields):
     def _logprob_fields(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
-        if self.max_tokens is not None and self.max_completion_tokens is not None:
-            if self.max_tokens != self.max_completion_tokens:
-                raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
+        both = self.max_tokens is not None and self.max_completion_tokens is not None
+        if both and self.max_tokens != self.max_completion_tokens:
+            raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
         return self
 
     def requested_max_tokens(self) -> int | None:
@@ -139,7 +144,9 @@ class CompletionRequest(_SamplingFields):
 
     @field_validator("prompt")
     @classmethod
-    def _non_empty(cls, v: str | list[str] | list[int] | list[list[int]]):  # type: ignore[no-untyped-def]
+    def _non_empty(
+        cls, v: str | list[str] | list[int] | list[list[int]]
+    ) -> str | list[str] | list[int] | list[list[int]]:
         if isinstance(v, list) and not v:
             raise ValueError("prompt must not be an empty list")
         if isinstance(v, list) and any(isinstance(p, list) and not p for p in v):

@@ -73,8 +73,13 @@ class ChoiceState:
 
 
 def chat_response(
-    rid: str, created: int, model: str, fingerprint: str, choices: dict[int, ChoiceState],
-    want_logprobs: bool, prompt_tokens: int,
+    rid: str,
+    created: int,
+    model: str,
+    fingerprint: str,
+    choices: dict[int, ChoiceState],
+    want_logprobs: bool,
+    prompt_tokens: int,
 ) -> dict[str, Any]:
     return {
         "id": rid,
@@ -96,8 +101,13 @@ def chat_response(
 
 
 def completion_response(
-    rid: str, created: int, model: str, fingerprint: str, choices: dict[int, ChoiceState],
-    want_logprobs: bool, prompt_tokens: int,
+    rid: str,
+    created: int,
+    model: str,
+    fingerprint: str,
+    choices: dict[int, ChoiceState],
+    want_logprobs: bool,
+    prompt_tokens: int,
 ) -> dict[str, Any]:
     return {
         "id": rid,
@@ -119,8 +129,15 @@ def completion_response(
 
 
 def chat_chunk(
-    rid: str, created: int, model: str, fingerprint: str, index: int, delta: dict[str, Any],
-    logprobs: dict[str, Any] | None, finish_reason: str | None, with_usage: bool,
+    rid: str,
+    created: int,
+    model: str,
+    fingerprint: str,
+    index: int,
+    delta: dict[str, Any],
+    logprobs: dict[str, Any] | None,
+    finish_reason: str | None,
+    with_usage: bool,
 ) -> dict[str, Any]:
     chunk: dict[str, Any] = {
         "id": rid,
@@ -138,8 +155,15 @@ def chat_chunk(
 
 
 def completion_chunk(
-    rid: str, created: int, model: str, fingerprint: str, index: int, text: str,
-    logprobs: dict[str, Any] | None, finish_reason: str | None, with_usage: bool,
+    rid: str,
+    created: int,
+    model: str,
+    fingerprint: str,
+    index: int,
+    text: str,
+    logprobs: dict[str, Any] | None,
+    finish_reason: str | None,
+    with_usage: bool,
 ) -> dict[str, Any]:
     chunk: dict[str, Any] = {
         "id": rid,
@@ -157,7 +181,12 @@ def completion_chunk(
 
 
 def usage_chunk(
-    rid: str, created: int, model: str, fingerprint: str, obj: str, prompt_tokens: int,
+    rid: str,
+    created: int,
+    model: str,
+    fingerprint: str,
+    obj: str,
+    prompt_tokens: int,
     completion_tokens: int,
 ) -> dict[str, Any]:
     return {

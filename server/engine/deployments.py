@@ -65,7 +65,8 @@ class DeploymentTable:
             return self.base
         found = self.versions.get(model) if "@" in model else self.aliases.get(model)
         usable = found is not None and (
-            found.state == "live" or (allow_staged and found.state == "staged")
+            found.state == "live"
+            or (allow_staged and found.state == "staged")
             or (found.mode == "adapter" and found.state == "retired" and found.loaded)
         )
         if found is not None and found.mode == "full" and found is not self.weights:
@@ -73,7 +74,8 @@ class DeploymentTable:
         if not usable or found is None:
             raise ModelNotFoundError(
                 f"The model '{model}' does not exist or is not live. Available models: "
-                f"{', '.join(card.id for card in self.cards())}.", param="model",
+                f"{', '.join(card.id for card in self.cards())}.",
+                param="model",
             )
         return found
 
@@ -102,14 +104,24 @@ class DeploymentTable:
         base = self.base
         cards = [ModelCard(id=base.name, root=str(base.path), version=None, created=base.created)]
         for name, live in sorted(self.aliases.items()):
-            cards.append(ModelCard(
-                id=name, root=base.name, parent=base.name, version=live.version,
-                created=live.created,
-            ))
+            cards.append(
+                ModelCard(
+                    id=name,
+                    root=base.name,
+                    parent=base.name,
+                    version=live.version,
+                    created=live.created,
+                )
+            )
             for v in sorted(self.versions.values(), key=lambda v: v.version):
                 if v.name == name and (v.state == "live" or (v.mode == "adapter" and v.loaded)):
-                    cards.append(ModelCard(
-                        id=v.label, root=base.name, parent=name, version=v.version,
-                        created=v.created,
-                    ))
+                    cards.append(
+                        ModelCard(
+                            id=v.label,
+                            root=base.name,
+                            parent=name,
+                            version=v.version,
+                            created=v.created,
+                        )
+                    )
         return cards

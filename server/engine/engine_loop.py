@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from server.engine.engine_state import Job, Pair
 from server.engine.pairing import pair_args
 from server.engine.swap import lora_request, unload_if_idle
-from server.engine.types import GenerationDelta
+from server.engine.types import GenerationDelta, TokenLogprob
 from server.engine.vllm_convert import finish_reason, row_logprob, sampling_params, vllm_logprobs
 from server.errors import EngineError
 
@@ -89,14 +89,25 @@ def _start_pair(engine: VLLMEngine, pair: Pair) -> None:
 
     def extra(role: str) -> dict[str, Any]:
         return pair_args(
-            engine.book.book_id, pair.pair_id, role, alignment.alpha,
-            alignment.nucleus_top_p, alignment.nucleus_temperature,
+            engine.book.book_id,
+            pair.pair_id,
+            role,
+            alignment.alpha,
+            alignment.nucleus_top_p,
+            alignment.nucleus_temperature,
             want_logprobs=role == "visible" and options.logprobs is not None,
         )
 
-    visible = sampling_params(options, n=1, seed=pair.seed, logprobs=False, extra_args=extra("visible"))
+    visible = sampling_params(
+        options, n=1, seed=pair.seed, logprobs=False, extra_args=extra("visible")
+    )
     shadow = sampling_params(
-        options, n=1, seed=pair.seed, with_stop=False, logprobs=False, detokenize=False,
+        options,
+        n=1,
+        seed=pair.seed,
+        with_stop=False,
+        logprobs=False,
+        detokenize=False,
         extra_args=extra("shadow"),
     )
     engine._pairs[pair.visible_rid] = pair
@@ -158,8 +169,12 @@ def _plain_deltas(engine: VLLMEngine, job: Job, out: Any) -> list[GenerationDelt
             logprobs = vllm_logprobs(co.logprobs, co.token_ids, top_k, engine.decode_token)
         result.append(
             GenerationDelta(
-                index=co.index, text=co.text, token_ids=tuple(co.token_ids), logprobs=logprobs,
-                finish_reason=finish_reason(co.finish_reason), stop_reason=co.stop_reason,
+                index=co.index,
+                text=co.text,
+                token_ids=tuple(co.token_ids),
+                logprobs=logprobs,
+                finish_reason=finish_reason(co.finish_reason),
+                stop_reason=co.stop_reason,
                 model_version=job.version_label,
             )
         )
@@ -171,7 +186,7 @@ def _pair_delta(engine: VLLMEngine, pair: Pair, out: Any) -> GenerationDelta:
     tokens = tuple(co.token_ids)
     pair.emitted.extend(tokens)
     top_k = pair.job.request.sampling.logprobs
-    logprobs = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
     if top_k is not None:
         row = engine.book.logprob_rows.pop(pair.pair_id, None)
         if row is not None and len(tokens) == 1:
@@ -179,8 +194,12 @@ def _pair_delta(engine: VLLMEngine, pair: Pair, out: Any) -> GenerationDelta:
         else:
             logprobs = ()
     return GenerationDelta(
-        index=pair.index, text=co.text, token_ids=tokens, logprobs=logprobs,
-        finish_reason=finish_reason(co.finish_reason), stop_reason=co.stop_reason,
+        index=pair.index,
+        text=co.text,
+        token_ids=tokens,
+        logprobs=logprobs,
+        finish_reason=finish_reason(co.finish_reason),
+        stop_reason=co.stop_reason,
         model_version=pair.job.version_label,
     )
 
@@ -202,7 +221,10 @@ def _restart_pair(
     engine.pair_restarts += 1
     logger.warning(
         "request %s choice %d: aligned pair lost lockstep (%s); restarting after %d tokens",
-        pair.job.request.request_id, pair.index, reason, len(pair.emitted),
+        pair.job.request.request_id,
+        pair.index,
+        reason,
+        len(pair.emitted),
     )
     pair.attempt += 1
     if pair.attempt > engine.max_pair_restarts:
@@ -211,7 +233,10 @@ def _restart_pair(
     if len(pair.emitted) >= pair.job.request.sampling.max_tokens:
         deltas.setdefault(pair.job, []).append(
             GenerationDelta(
-                index=pair.index, text="", token_ids=(), finish_reason="length",
+                index=pair.index,
+                text="",
+                token_ids=(),
+                finish_reason="length",
                 model_version=pair.job.version_label,
             )
         )

@@ -42,8 +42,9 @@ class _Branch:
         self.model = model
         ids, self.mask = _left_pad(rows, pad_id)
         self.positions = (self.mask.cumsum(-1) - 1).clamp_min(0)  # (B, T)
-        out = model(input_ids=ids, attention_mask=self.mask, position_ids=self.positions,
-                    use_cache=True)
+        out = model(
+            input_ids=ids, attention_mask=self.mask, position_ids=self.positions, use_cache=True
+        )
         self.cache = out.past_key_values
         self.logits = out.logits[:, -1].float()  # (B, V)
         self.next_position = self.positions[:, -1:] + 1  # (B, 1)
@@ -51,8 +52,11 @@ class _Branch:
     def advance(self, tokens: torch.Tensor) -> None:
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         out = self.model(
-            input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.next_position,
-            past_key_values=self.cache, use_cache=True,
+            input_ids=tokens[:, None],
+            attention_mask=self.mask,
+            position_ids=self.next_position,
+            past_key_values=self.cache,
+            use_cache=True,
         )
         self.cache = out.past_key_values
         self.logits = out.logits[:, -1].float()

@@ -32,7 +32,9 @@ def load_adapter(engine: VLLMEngine, version: ModelVersion) -> None:
 def unload_if_idle(engine: VLLMEngine, version: ModelVersion) -> None:
     """Unload an adapter no request uses any more (never one that is live)."""
     if (
-        version.mode == "adapter" and version.loaded and version.inflight == 0
+        version.mode == "adapter"
+        and version.loaded
+        and version.inflight == 0
         and version.state in ("retired", "failed")
     ):
         engine.llm.remove_lora(version.lora_id)
@@ -68,8 +70,10 @@ def smoke_sync(engine: VLLMEngine, prompt_ids: list[int], lora: Any = None) -> l
 
     rid = f"smoke-{time.monotonic_ns()}"
     engine.llm.add_request(
-        rid, {"prompt_token_ids": prompt_ids},
-        SamplingParams(temperature=0.0, max_tokens=SMOKE_TOKENS), lora_request=lora,
+        rid,
+        {"prompt_token_ids": prompt_ids},
+        SamplingParams(temperature=0.0, max_tokens=SMOKE_TOKENS),
+        lora_request=lora,
     )
     tokens: list[int] = []
     deadline = time.monotonic() + 60

@@ -35,6 +35,7 @@ async def deploy(
 ) -> SwapResult:
     started = time.monotonic()
     if mode == "full":
+
         def swap_full(e: VLLMEngine) -> str | None:
             version = e.table.new_version(name, "full", path, int(time.time()))
             try:
@@ -46,8 +47,9 @@ async def deploy(
             return previous.label if previous is not None else None
 
         previous = await engine.call_drained(swap_full)
-        return SwapResult(f"{name}@{engine.table.aliases[name].version}", previous,
-                          time.monotonic() - started)
+        return SwapResult(
+            f"{name}@{engine.table.aliases[name].version}", previous, time.monotonic() - started
+        )
 
     def stage(e: VLLMEngine) -> ModelVersion:
         version = e.table.new_version(name, "adapter", path, int(time.time()))
@@ -66,8 +68,12 @@ async def deploy(
         await engine.call(lambda _: _fail(engine, version))
         raise
     previous = await engine.call(lambda _: _go_live(engine, version))
-    logger.info("adapter %s: load %.3f s, smoke %.3f s", version.label, staged - started,
-                time.monotonic() - staged)
+    logger.info(
+        "adapter %s: load %.3f s, smoke %.3f s",
+        version.label,
+        staged - started,
+        time.monotonic() - staged,
+    )
     return SwapResult(version.label, previous, time.monotonic() - started)
 
 
@@ -76,12 +82,14 @@ async def activate(engine: VLLMEngine, label: str, smoke_prompt: list[int]) -> S
     started = time.monotonic()
     version = engine.table.versions[label]
     if version.mode == "full":
+
         def swap_back(e: VLLMEngine) -> str | None:
             full_swap(e, version, smoke_prompt)
             return _go_live(e, version)
 
         previous = await engine.call_drained(swap_back)
     else:
+
         def reload(e: VLLMEngine) -> None:
             version.state = "staged"  # staged versions are never unloaded under us
             if not version.loaded:
@@ -106,6 +114,7 @@ async def undeploy(engine: VLLMEngine, name: str) -> None:
     if current is None:
         return
     if current.mode == "full":
+
         def restore_base(e: VLLMEngine) -> None:
             if e.table.weights is current:
                 reload_weights(e, e.table.base)
@@ -119,8 +128,11 @@ async def undeploy(engine: VLLMEngine, name: str) -> None:
 async def smoke(engine: VLLMEngine, label: str, prompt: list[int]) -> None:
     """A short greedy generation on ``label`` through the normal request path."""
     request = GenerationRequest(
-        request_id=f"smoke-{uuid.uuid4().hex[:8]}", model=label, prompt_ids=tuple(prompt),
-        sampling=SamplingOptions(max_tokens=SMOKE_TOKENS, temperature=0.0), allow_staged=True,
+        request_id=f"smoke-{uuid.uuid4().hex[:8]}",
+        model=label,
+        prompt_ids=tuple(prompt),
+        sampling=SamplingOptions(max_tokens=SMOKE_TOKENS, temperature=0.0),
+        allow_staged=True,
     )
     tokens = 0
     async for batch in engine.generate(request):

@@ -14,10 +14,10 @@ import dataclasses
 import logging
 import os
 import queue
-from collections import deque
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +82,7 @@ def _engine_args(config: EngineConfig) -> Any:
         gpu_memory_utilization=config.gpu_memory_utilization,
         enable_lora=config.enable_lora,
         max_loras=config.max_loras,
-        max_lora_rank=config.max_lora_rank,
+        max_lora_rank=config.max_lora_rank,  # type: ignore[arg-type]
         max_logprobs=config.max_logprobs,
         logits_processors=[LinearAlignmentProcessor],
         worker_extension_cls="server.engine.worker_ext.WeightSwapExtension",
@@ -108,7 +108,7 @@ class VLLMEngine:
         self._jobs: dict[str, Job] = {}  # engine request id -> plain job
         self._pairs: dict[str, Pair] = {}  # engine request id (either half) -> aligned pair
         self._book_id = f"book-{uuid.uuid4().hex[:8]}"
-        self.table: DeploymentTable | None = None
+        self._table: DeploymentTable | None = None
         self.book: Any = None
         self._dead: BaseException | None = None
         self._stopping = False
@@ -146,9 +146,16 @@ class VLLMEngine:
         self.book = open_book(self._book_id)
         self._engine = LLMEngine.from_engine_args(_engine_args(self.config))
         self._renderer = HFChatRenderer(self._engine.get_tokenizer())
-        base = ModelVersion(self.config.served_name, 0, "base", self.config.model_path,
-                            state="live", loaded=True, created=self.created)
-        self.table = DeploymentTable(base)
+        base = ModelVersion(
+            self.config.served_name,
+            0,
+            "base",
+            self.config.model_path,
+            state="live",
+            loaded=True,
+            created=self.created,
+        )
+        self._table = DeploymentTable(base)
 
     async def shutdown(self) -> None:
         from server.engine.pairing import close_book
@@ -161,15 +168,19 @@ class VLLMEngine:
         self._engine = None
 
     # -- models ----------------------------------------------------------------------------
+    @property
+    def table(self) -> DeploymentTable:
+        if self._table is None:
+            raise ServiceUnavailableError("the engine is still starting")
+        return self._table
+
     def model_cards(self) -> list[ModelCard]:
-        if self.table is None:
+        if self._table is None:
             return []
         cards = self.table.cards()
         return [dataclasses.replace(c, max_model_len=self.config.max_model_len) for c in cards]
 
     def resolve_model(self, name: str) -> str:
-        if self.table is None:
-            raise ServiceUnavailableError("the engine is still starting")
         self.table.lookup(name)
         return name
 
@@ -197,8 +208,7 @@ class VLLMEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationDelta]]:
         if not self.ready:
             raise ServiceUnavailableError("the engine is not ready", retry_after_s=5)
-        if self.table is not None:
-            self.table.lookup(request.model, allow_staged=request.allow_staged)
+        self.table.lookup(request.model, allow_staged=request.allow_staged)
         stream = Stream(asyncio.get_running_loop())
         job = Job(request, stream)
         self._commands.put(lambda: self._submit(job))

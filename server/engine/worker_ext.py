@@ -19,7 +19,7 @@ class WeightSwapExtension:
     model_runner: Any
 
     def alignserve_swap_weights(self, weights_path: str) -> str:
-        self.model_runner.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
+        self.model_runner.reload_weights(weights_path=weights_path)
         model = self.model_runner.get_model()
         if not torch.cuda.is_available():
             from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm

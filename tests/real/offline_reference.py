@@ -20,8 +20,13 @@ def main() -> None:
     model, max_tokens = sys.argv[1], int(sys.argv[2])
     conversations = json.loads(sys.stdin.read())
     llm = LLM(
-        model=model, dtype="float32", enforce_eager=True, max_model_len=2048, seed=0,
-        enable_chunked_prefill=False, max_num_batched_tokens=4096,
+        model=model,
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=2048,
+        seed=0,
+        enable_chunked_prefill=False,
+        max_num_batched_tokens=4096,
     )
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     outputs = llm.chat(conversations, params, use_tqdm=False)

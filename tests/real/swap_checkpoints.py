@@ -18,11 +18,18 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def _manifest(checkpoint_id: str, fmt: str, base: Path) -> dict[str, Any]:
-    return {"checkpoint_id": checkpoint_id, "format": fmt, "method": "test",
-            "base_model": base_model_identity(str(base)), "config": {"test": True}}
+    return {
+        "checkpoint_id": checkpoint_id,
+        "format": fmt,
+        "method": "test",
+        "base_model": base_model_identity(str(base)),
+        "config": {"test": True},
+    }
 
 
-def make_adapter(base: Path, home: Path, checkpoint_id: str, seed: int, scale: float = 0.02) -> Path:
+def make_adapter(
+    base: Path, home: Path, checkpoint_id: str, seed: int, scale: float = 0.02
+) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -65,7 +72,9 @@ def make_full(base: Path, home: Path, checkpoint_id: str, seed: int, scale: floa
 
 
 @torch.no_grad()
-def expected_greedy(weights: Path, adapter: Path | None, prompt_ids: list[int], max_tokens: int) -> str:
+def expected_greedy(
+    weights: Path, adapter: Path | None, prompt_ids: list[int], max_tokens: int
+) -> str:
     """Greedy text of full ``weights`` (plus a LoRA ``adapter``) in transformers."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -76,8 +85,11 @@ def expected_greedy(weights: Path, adapter: Path | None, prompt_ids: list[int], 
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.eval()
     out = model.generate(
-        torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-        max_new_tokens=max_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+        torch.tensor([prompt_ids]),
+        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+        max_new_tokens=max_tokens,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.eos_token_id,
     )
-    return str(tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True))
+    return str(tokenizer.decode(out[0, len(prompt_ids) :], skip_special_tokens=True))

@@ -28,7 +28,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def swap_env(alignserve_home: Path, default_model: Path) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
+def swap_env(
+    alignserve_home: Path, default_model: Path
+) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
     from transformers import AutoTokenizer
 
     renderer = HFChatRenderer(AutoTokenizer.from_pretrained(default_model))
@@ -47,16 +49,23 @@ def swap_env(alignserve_home: Path, default_model: Path) -> Iterator[tuple[Serve
     (alignserve_home / "deployments.json").unlink(missing_ok=True)
     server = ServerProcess(
         alignserve_home,
-        env={"ALIGNSERVE_API_KEYS": USER_KEY, "ALIGNSERVE_ADMIN_KEYS": ADMIN_KEY,
-             "ALIGNSERVE_KV_CACHE_GIB": "1"},
+        env={
+            "ALIGNSERVE_API_KEYS": USER_KEY,
+            "ALIGNSERVE_ADMIN_KEYS": ADMIN_KEY,
+            "ALIGNSERVE_KV_CACHE_GIB": "1",
+        },
     ).start()
     yield server, expected
     server.stop()
 
 
 def _deploy(base_url: str, checkpoint: str, name: str, mode: str) -> dict[str, Any]:
-    r = httpx.post(f"{base_url}/admin/v1/deployments", headers=ADMIN, timeout=300,
-                   json={"checkpoint": checkpoint, "name": name, "mode": mode})
+    r = httpx.post(
+        f"{base_url}/admin/v1/deployments",
+        headers=ADMIN,
+        timeout=300,
+        json={"checkpoint": checkpoint, "name": name, "mode": mode},
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -67,7 +76,9 @@ def _rollback(base_url: str, name: str) -> dict[str, Any]:
     return r.json()
 
 
-def test_ten_deployments_under_16_streaming_clients(swap_env: tuple[ServerProcess, dict[str, str]]) -> None:
+def test_ten_deployments_under_16_streaming_clients(
+    swap_env: tuple[ServerProcess, dict[str, str]],
+) -> None:
     server, expected = swap_env
     url = server.base_url
     checkpoint_of: dict[str, str] = {BASE: BASE}
@@ -79,8 +90,11 @@ def test_ten_deployments_under_16_streaming_clients(swap_env: tuple[ServerProces
         while not stop.is_set():
             try:
                 stream = await client.chat.completions.create(
-                    model=model, messages=MESSAGES, max_tokens=MAX_TOKENS,  # type: ignore[arg-type]
-                    temperature=0, stream=True,
+                    model=model,
+                    messages=MESSAGES,
+                    max_tokens=MAX_TOKENS,  # type: ignore[arg-type]
+                    temperature=0,
+                    stream=True,
                 )
                 text, versions = [], set()
                 async for chunk in stream:
@@ -96,12 +110,18 @@ def test_ten_deployments_under_16_streaming_clients(swap_env: tuple[ServerProces
         first = _deploy(url, "swap-a1", "ad", "adapter")  # the adapter clients need it live
         checkpoint_of[first["label"]] = "swap-a1"
         stop = asyncio.Event()
-        clients = [asyncio.create_task(client_loop("ad" if i % 2 else BASE, stop)) for i in range(16)]
+        clients = [
+            asyncio.create_task(client_loop("ad" if i % 2 else BASE, stop)) for i in range(16)
+        ]
         steps: list[tuple[str, ...]] = [
-            ("deploy", "swap-a2", "ad", "adapter"), ("deploy", "swap-f1", "fw", "full"),
-            ("deploy", "swap-a3", "ad", "adapter"), ("rollback", "ad"),
-            ("deploy", "swap-f2", "fw", "full"), ("rollback", "fw"),
-            ("deploy", "swap-a1", "ad", "adapter"), ("deploy", "swap-f2", "fw", "full"),
+            ("deploy", "swap-a2", "ad", "adapter"),
+            ("deploy", "swap-f1", "fw", "full"),
+            ("deploy", "swap-a3", "ad", "adapter"),
+            ("rollback", "ad"),
+            ("deploy", "swap-f2", "fw", "full"),
+            ("rollback", "fw"),
+            ("deploy", "swap-a1", "ad", "adapter"),
+            ("deploy", "swap-f2", "fw", "full"),
             ("rollback", "ad"),
         ]
         for step in steps:
@@ -130,8 +150,10 @@ def test_ten_deployments_under_16_streaming_clients(swap_env: tuple[ServerProces
     assert ad["parent"] == BASE and ad["version"] >= 1
 
 
-def test_corrupted_checkpoint_is_refused(swap_env: tuple[ServerProcess, dict[str, str]], alignserve_home: Path) -> None:
-    server, expected = swap_env
+def test_corrupted_checkpoint_is_refused(
+    swap_env: tuple[ServerProcess, dict[str, str]], alignserve_home: Path
+) -> None:
+    server, _ = swap_env
     url = server.base_url
     bad = alignserve_home / "checkpoints" / "swap-bad"
     shutil.rmtree(bad, ignore_errors=True)
@@ -141,12 +163,20 @@ def test_corrupted_checkpoint_is_refused(swap_env: tuple[ServerProcess, dict[str
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=USER_KEY, max_retries=0)
-    before = client.chat.completions.create(model="ad", messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0)  # type: ignore[arg-type]
-    r = httpx.post(f"{url}/admin/v1/deployments", headers=ADMIN, timeout=120,
-                   json={"checkpoint": "swap-bad", "name": "ad", "mode": "adapter"})
+    before = client.chat.completions.create(
+        model="ad", messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0
+    )  # type: ignore[arg-type]
+    r = httpx.post(
+        f"{url}/admin/v1/deployments",
+        headers=ADMIN,
+        timeout=120,
+        json={"checkpoint": "swap-bad", "name": "ad", "mode": "adapter"},
+    )
     assert r.status_code == 422
     assert r.json()["status"] == "failed" and "checksum" in r.json()["reason"]
-    after = client.chat.completions.create(model="ad", messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0)  # type: ignore[arg-type]
+    after = client.chat.completions.create(
+        model="ad", messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0
+    )  # type: ignore[arg-type]
     assert after.system_fingerprint == before.system_fingerprint
     assert after.choices[0].message.content == before.choices[0].message.content
 
@@ -154,19 +184,30 @@ def test_corrupted_checkpoint_is_refused(swap_env: tuple[ServerProcess, dict[str
 def test_deployment_errors(swap_env: tuple[ServerProcess, dict[str, str]]) -> None:
     server, _ = swap_env
     url = server.base_url
-    r = httpx.post(f"{url}/admin/v1/deployments", headers=ADMIN,
-                   json={"checkpoint": "nope", "name": "x", "mode": "adapter"})
+    r = httpx.post(
+        f"{url}/admin/v1/deployments",
+        headers=ADMIN,
+        json={"checkpoint": "nope", "name": "x", "mode": "adapter"},
+    )
     assert r.status_code == 404
-    r = httpx.post(f"{url}/admin/v1/deployments", headers={"Authorization": f"Bearer {USER_KEY}"},
-                   json={"checkpoint": "swap-a1", "name": "x", "mode": "adapter"})
+    r = httpx.post(
+        f"{url}/admin/v1/deployments",
+        headers={"Authorization": f"Bearer {USER_KEY}"},
+        json={"checkpoint": "swap-a1", "name": "x", "mode": "adapter"},
+    )
     assert r.status_code == 403
-    r = httpx.post(f"{url}/admin/v1/deployments", headers=ADMIN,
-                   json={"checkpoint": "swap-f1", "name": "x", "mode": "adapter"})
+    r = httpx.post(
+        f"{url}/admin/v1/deployments",
+        headers=ADMIN,
+        json={"checkpoint": "swap-f1", "name": "x", "mode": "adapter"},
+    )
     assert r.status_code == 422 and "LoRA" in r.json()["reason"]
     r = httpx.post(f"{url}/admin/v1/deployments/none/rollback", headers=ADMIN)
     assert r.status_code == 404
     # Removing a full deployment restores the base weights.
     httpx.delete(f"{url}/admin/v1/deployments/fw", headers=ADMIN, timeout=120)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=USER_KEY, max_retries=0)
-    r2 = client.chat.completions.create(model=BASE, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0)  # type: ignore[arg-type]
+    r2 = client.chat.completions.create(
+        model=BASE, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0
+    )  # type: ignore[arg-type]
     assert r2.system_fingerprint == f"alignserve:{BASE}"

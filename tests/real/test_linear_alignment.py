@@ -27,9 +27,14 @@ PRINCIPLES = [
 ]
 ALPHAS = [0.5, 1.0, 3.0, 5.0]
 QUESTIONS = [
-    "Tell me about the ocean.", "How do I bake bread?", "What is a black hole?",
-    "Give me advice for a job interview.", "Why is the sky blue?", "Describe a cat.",
-    "How do vaccines work?", "What should I eat for breakfast?",
+    "Tell me about the ocean.",
+    "How do I bake bread?",
+    "What is a black hole?",
+    "Give me advice for a job interview.",
+    "Why is the sky blue?",
+    "Describe a cat.",
+    "How do vaccines work?",
+    "What should I eat for breakfast?",
 ]
 
 
@@ -42,7 +47,9 @@ def hf(default_model: Path) -> tuple[Any, HFChatRenderer]:
     return model, HFChatRenderer(tokenizer)
 
 
-def _contexts(renderer: HFChatRenderer, messages: list[dict[str, str]], principle: str) -> tuple[list[int], list[int]]:
+def _contexts(
+    renderer: HFChatRenderer, messages: list[dict[str, str]], principle: str
+) -> tuple[list[int], list[int]]:
     plain, principled = aligned_conversations(messages, principle, renderer.default_system_prompt)
     return (
         renderer.encode(renderer.render_chat(principled, True)),
@@ -54,10 +61,15 @@ def _decode(renderer: HFChatRenderer, ids: list[int]) -> str:
     return str(renderer._tokenizer.decode(ids, skip_special_tokens=True))
 
 
-async def _chat(client: openai.AsyncOpenAI, messages: list[dict[str, str]], alignment: dict | None) -> Any:
+async def _chat(
+    client: openai.AsyncOpenAI, messages: list[dict[str, str]], alignment: dict | None
+) -> Any:
     extra = {"alignment": alignment} if alignment is not None else None
     return await client.chat.completions.create(
-        model=MODEL, messages=messages, max_tokens=MAX_TOKENS, temperature=0,  # type: ignore[arg-type]
+        model=MODEL,
+        messages=messages,
+        max_tokens=MAX_TOKENS,
+        temperature=0,  # type: ignore[arg-type]
         extra_body=extra,
     )
 
@@ -67,16 +79,24 @@ def test_32_aligned_mixed_with_32_plain_match_reference(
 ) -> None:
     model, renderer = hf
     aligned_cases = [
-        ([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], PRINCIPLES[i % 4], ALPHAS[(i // 4) % 4])
+        (
+            [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+            PRINCIPLES[i % 4],
+            ALPHAS[(i // 4) % 4],
+        )
         for i in range(32)
     ]
     plain_cases = [[{"role": "user", "content": q + " Be brief."}] for q in QUESTIONS] * 4
 
     async def run() -> tuple[list[Any], list[Any]]:
-        client = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=USER_KEY, max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url=f"{server.base_url}/v1", api_key=USER_KEY, max_retries=0
+        )
         aligned = [_chat(client, m, {"principle": p, "alpha": a}) for m, p, a in aligned_cases]
         plain = [_chat(client, m, None) for m in plain_cases]
-        results = await asyncio.gather(*[x for pair in zip(aligned, plain, strict=True) for x in pair])
+        results = await asyncio.gather(
+            *[x for pair in zip(aligned, plain, strict=True) for x in pair]
+        )
         return list(results[0::2]), list(results[1::2])
 
     aligned_out, plain_out = asyncio.run(run())
@@ -106,12 +126,17 @@ def test_alpha_zero_equals_principle_in_prompt(server: ServerProcess) -> None:
     principle = "Answer like a pirate."
     question = {"role": "user", "content": "Tell me about the ocean."}
     aligned = client.chat.completions.create(
-        model=MODEL, messages=[question], max_tokens=MAX_TOKENS, temperature=0,
+        model=MODEL,
+        messages=[question],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
         extra_body={"alignment": {"principle": principle, "alpha": 0.0, "nucleus_top_p": 1.0}},
     )
     default_system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     prompted = client.chat.completions.create(
-        model=MODEL, max_tokens=MAX_TOKENS, temperature=0,
+        model=MODEL,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
         messages=[{"role": "system", "content": f"{default_system}\n{principle}"}, question],
     )
     assert aligned.choices[0].message.content == prompted.choices[0].message.content
@@ -120,11 +145,18 @@ def test_alpha_zero_equals_principle_in_prompt(server: ServerProcess) -> None:
 def test_aligned_streaming_equals_non_streaming(server: ServerProcess) -> None:
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=USER_KEY, max_retries=0)
     kwargs: dict[str, Any] = dict(
-        model=MODEL, messages=[{"role": "user", "content": "Describe a cat."}], max_tokens=20,
-        temperature=0, extra_body={"alignment": {"preset": "concise", "alpha": 3}},
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe a cat."}],
+        max_tokens=20,
+        temperature=0,
+        extra_body={"alignment": {"preset": "concise", "alpha": 3}},
     )
     full = client.chat.completions.create(**kwargs)
-    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    chunks = list(
+        client.chat.completions.create(
+            stream=True, stream_options={"include_usage": True}, **kwargs
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens  # visible branch only
@@ -133,8 +165,15 @@ def test_aligned_streaming_equals_non_streaming(server: ServerProcess) -> None:
 def test_aligned_seeded_sampling_n_and_logprobs(server: ServerProcess) -> None:
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=USER_KEY, max_retries=0)
     kwargs: dict[str, Any] = dict(
-        model=MODEL, messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=12,
-        temperature=0.8, seed=7, n=2, logprobs=True, top_logprobs=3, stop=["\n"],
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name a fruit."}],
+        max_tokens=12,
+        temperature=0.8,
+        seed=7,
+        n=2,
+        logprobs=True,
+        top_logprobs=3,
+        stop=["\n"],
         extra_body={"alignment": {"principle": "Answer like a pirate.", "alpha": 2}},
     )
     a = client.chat.completions.create(**kwargs)
@@ -160,7 +199,11 @@ def test_bad_alignment_is_400(server: ServerProcess, alignment: dict, fragment: 
     r = httpx.post(
         f"{server.base_url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {USER_KEY}"},
-        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "alignment": alignment},
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "alignment": alignment,
+        },
     )
     assert r.status_code == 400, r.text
     assert fragment in r.json()["error"]["message"]

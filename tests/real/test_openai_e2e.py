@@ -29,8 +29,10 @@ def test_models_lists_the_embedded_model(client: openai.OpenAI) -> None:
 
 def test_chat_non_stream_is_sensible(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
-        max_tokens=32, temperature=0,
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=32,
+        temperature=0,
     )
     answer = r.choices[0].message.content or ""
     assert "Paris" in answer
@@ -40,20 +42,28 @@ def test_chat_non_stream_is_sensible(client: openai.OpenAI) -> None:
 
 def test_chat_stream(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Name three colours."}],
-        max_tokens=24, temperature=0, stream=True, stream_options={"include_usage": True},
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name three colours."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert text.strip() and finishes in (["stop"], ["length"])
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
 def test_stream_equals_non_stream_greedy(client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "Write one sentence about the sea."}]
-    full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=30, temperature=0)
+    full = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=30, temperature=0
+    )
     streamed = "".join(
         c.choices[0].delta.content or ""
         for c in client.chat.completions.create(
@@ -74,8 +84,12 @@ def test_completions_and_logprobs(client: openai.OpenAI) -> None:
 
 def test_seeded_sampling_is_reproducible(client: openai.OpenAI) -> None:
     kwargs = dict(
-        model=MODEL, messages=[{"role": "user", "content": "Tell me a fun fact."}],
-        max_tokens=20, temperature=1.0, seed=1234, n=2,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a fun fact."}],
+        max_tokens=20,
+        temperature=1.0,
+        seed=1234,
+        n=2,
     )
     a = client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
     b = client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
@@ -117,16 +131,27 @@ PARITY_PROMPTS = [
 def test_greedy_matches_vllm_offline(client: openai.OpenAI, default_model: Path) -> None:
     max_tokens = 48
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("offline_reference.py")),
-         str(default_model), str(max_tokens)],
-        input=json.dumps(PARITY_PROMPTS), capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(Path(__file__).with_name("offline_reference.py")),
+            str(default_model),
+            str(max_tokens),
+        ],
+        input=json.dumps(PARITY_PROMPTS),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line is not None, proc.stderr[-3000:]
     expected = json.loads(line.removeprefix("RESULT "))
     for messages, ref in zip(PARITY_PROMPTS, expected, strict=True):
         r = client.chat.completions.create(
-            model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0, logprobs=True,
+            model=MODEL,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=0,
+            logprobs=True,
         )
         choice = r.choices[0]
         assert choice.message.content == ref["text"]

@@ -29,7 +29,10 @@ def client(engine: FakeEngine) -> Iterator[TestClient]:
 
 
 def chat(**kw: object) -> dict[str, object]:
-    body: dict[str, object] = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+    body: dict[str, object] = {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     body.update(kw)
     return body
 
@@ -43,7 +46,11 @@ def test_chat_non_stream_shape_and_usage(client: TestClient) -> None:
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "chat.completion"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello", "refusal": None}
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Hello",
+        "refusal": None,
+    }
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 5
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 5
@@ -63,7 +70,12 @@ def test_chat_stream_chunk_order(client: TestClient) -> None:
     contents = [c["choices"][0]["delta"].get("content") for c in chunks[1:-2]]
     assert "".join(contents) == "Hel"
     finish = chunks[-2]
-    assert finish["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+    assert finish["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "length",
+    }
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
     assert all(c["usage"] is None for c in chunks[:-1])
 
@@ -103,7 +115,8 @@ def test_completions_multi_prompt_and_logprobs(client: TestClient) -> None:
 
 def test_completions_stream(client: TestClient) -> None:
     r = client.post(
-        "/v1/completions", json={"model": "fake-model", "prompt": "x", "max_tokens": 2, "stream": True}
+        "/v1/completions",
+        json={"model": "fake-model", "prompt": "x", "max_tokens": 2, "stream": True},
     )
     items = events(r.text)
     chunks = [json.loads(x) for x in items[:-1]]
@@ -177,7 +190,11 @@ def test_health_and_metrics(client: TestClient) -> None:
     assert client.get("/health").json()["status"] == "ok"
     client.post("/v1/chat/completions", json=chat(max_tokens=2))
     text = client.get("/metrics").text
-    assert 'alignserve_requests_total{aligned="false",endpoint="chat",model="fake-model",status="ok"} 1.0' in text
+    assert (
+        'alignserve_requests_total{aligned="false",endpoint="chat",'
+        'model="fake-model",status="ok"} 1.0'
+        in text
+    )
     assert "alignserve_completion_tokens_total" in text and "alignserve_queue_depth" in text
 
 
