@@ -14,7 +14,7 @@ from server.engine.types import (
 )
 from server.errors import ModelNotFoundError
 
-VOCAB = [chr(c) for c in range(32, 127)]
+VOCAB = ["\n", *(chr(c) for c in range(32, 127))]
 
 
 class CharRenderer:

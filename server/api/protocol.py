@@ -141,6 +141,20 @@ class CompletionRequest(_SamplingFields):
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     max_tokens: int | None = Field(default=16, ge=1)
+    # --- alignserve extensions -------------------------------------------------------------
+    alignment: AlignmentRequest | None = Field(
+        default=None, description="Not supported here: a text prompt has no system message."
+    )
+
+    @field_validator("alignment")
+    @classmethod
+    def _alignment_needs_chat(cls, v: AlignmentRequest | None) -> None:
+        if v is not None:
+            raise ValueError(
+                "linear alignment needs a conversation (the principle goes into its system "
+                "message): use /v1/chat/completions"
+            )
+        return None
 
     @field_validator("prompt")
     @classmethod

@@ -208,3 +208,25 @@ def test_unhandled_error_has_no_traceback(client: TestClient, engine: FakeEngine
     assert r.status_code == 500
     assert "secret internals" not in r.text and "Traceback" not in r.text
     assert r.json()["error"]["type"] == "server_error"
+
+
+def test_alignment_validation(client: TestClient, engine: FakeEngine) -> None:
+    r = client.post("/v1/chat/completions", json=chat(alignment={"principle": ""}))
+    assert r.status_code == 400 and "must not be empty" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", json=chat(alignment={"preset": "nope"}))
+    assert r.status_code == 400 and "valid names" in r.json()["error"]["message"]
+    r = client.post(
+        "/v1/completions",
+        json={"model": "fake-model", "prompt": "x", "alignment": {"principle": "be nice"}},
+    )
+    assert r.status_code == 400 and "/v1/chat/completions" in r.json()["error"]["message"]
+    r = client.post(
+        "/v1/chat/completions", json=chat(alignment={"preset": "concise", "alpha": 2}, max_tokens=3)
+    )
+    assert r.status_code == 200
+    request = engine.requests[-1]
+    assert request.alignment is not None and request.alignment.alpha == 2.0
+    principled = engine.renderer.decode(list(request.alignment.principled_prompt_ids))
+    plain = engine.renderer.decode(list(request.prompt_ids))
+    base = "You are a fake assistant."
+    assert principled == plain.replace(base, f"{base}\nAnswer in exactly one short sentence.")
