@@ -47,6 +47,7 @@ class FakeEngine:
         self.requests: list[GenerationRequest] = []
         self.aborted: list[str] = []
         self.delay = 0.0
+        self.replies: list[str] = []  # per-choice replies (choice k gets replies[k])
 
     @property
     def ready(self) -> bool:
@@ -77,13 +78,14 @@ class FakeEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationDelta]]:
         self.requests.append(request)
         opts = request.sampling
-        text = self.reply[: opts.max_tokens]
-        finish = "length" if len(self.reply) > opts.max_tokens else "stop"
-        for stop in opts.stop:
-            cut = text.find(stop)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
-        try:
+        for k in range(opts.n):
+            reply = self.replies[k % len(self.replies)] if self.replies else self.reply
+            text = reply[: opts.max_tokens]
+            finish = "length" if len(reply) > opts.max_tokens else "stop"
+            for stop in opts.stop:
+                cut = text.find(stop)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
             for i, ch in enumerate(text):
                 if self.delay:
                     await asyncio.sleep(self.delay)
@@ -96,16 +98,9 @@ class FakeEngine:
                         logprobs=self._logprobs(ch, opts.logprobs),
                         finish_reason=finish if last else None,  # type: ignore[arg-type]
                     )
-                    for k in range(opts.n)
                 ]
             if not text:
-                yield [
-                    GenerationDelta(index=k, text="", token_ids=(), finish_reason="stop")
-                    for k in range(opts.n)
-                ]
-        except GeneratorExit:
-            self.aborted.append(request.request_id)
-            raise
+                yield [GenerationDelta(index=k, text="", token_ids=(), finish_reason="stop")]
 
     def _logprobs(self, ch: str, top: int | None) -> tuple[TokenLogprob, ...] | None:
         if top is None:

@@ -50,7 +50,13 @@ def create_app(
     app.state.keyring = keyring
     app.state.metrics = metrics
     app.state.presets = presets
-    app.state.generation = GenerationService(engine, presets, metrics)
+    rewards = None
+    model_path = getattr(getattr(engine, "config", None), "model_path", None)
+    if home is not None and model_path is not None:
+        from server.best_of_n import RewardModels
+
+        rewards = RewardModels(home, Path(model_path))
+    app.state.generation = GenerationService(engine, presets, metrics, rewards)
     if home is not None and hasattr(engine, "table"):
         from server.deploy_service import DeploymentService
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -14,6 +15,7 @@ from align_core.registry import Registry
 from server.alignment import Preset, aligned_conversations, resolve_principle
 from server.api import responses as R
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.best_of_n import RewardModels, pick_best
 from server.engine.base import Engine
 from server.engine.types import AlignmentParams, GenerationDelta, GenerationRequest, SamplingOptions
 from server.errors import InvalidRequestError, ServiceError, ServiceUnavailableError
@@ -35,13 +37,21 @@ class Prepared:
     want_logprobs: bool
     include_usage: bool
     aligned: bool
+    best_of: tuple[str, list[dict[str, str]]] | None = None  # (reward model, conversation)
 
 
 class GenerationService:
-    def __init__(self, engine: Engine, presets: Registry[Preset], metrics: Metrics):
+    def __init__(
+        self,
+        engine: Engine,
+        presets: Registry[Preset],
+        metrics: Metrics,
+        rewards: RewardModels | None = None,
+    ):
         self.engine = engine
         self.presets = presets
         self.metrics = metrics
+        self.rewards = rewards
 
     # -- preparation -----------------------------------------------------------------------
     def _check_ready(self) -> None:
@@ -54,10 +64,9 @@ class GenerationService:
         renderer = self.engine.renderer
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         alignment = None
+        n = req.n
         if req.best_of_n is not None:
-            raise InvalidRequestError(
-                "best_of_n needs a deployed reward model; none is deployed", param="best_of_n"
-            )
+            n = self._check_best_of_n(req)
         if req.alignment is not None:
             a = req.alignment
             principle = resolve_principle(self.presets, a.principle, a.preset, a.preference)
@@ -75,19 +84,38 @@ class GenerationService:
             longest = len(prompt_ids)
         top = (req.top_logprobs or 0) if req.logprobs else None
         options = self._options(req, req.requested_max_tokens(), longest, top, "max_tokens")
+        options = dataclasses.replace(options, n=n)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         request = GenerationRequest(rid, model, tuple(prompt_ids), options, alignment)
+        best_of = (req.best_of_n.reward_model, messages) if req.best_of_n is not None else None
         return Prepared(
             "chat",
             rid,
             model,
             (request,),
-            req.n,
+            n,
             len(prompt_ids),
             req.logprobs,
             bool(req.stream_options and req.stream_options.include_usage),
             alignment is not None,
+            best_of,
         )
+
+    def _check_best_of_n(self, req: ChatCompletionRequest) -> int:
+        assert req.best_of_n is not None
+        if self.rewards is None:
+            raise InvalidRequestError("best_of_n is not available here", param="best_of_n")
+        if req.n != 1:
+            raise InvalidRequestError("best_of_n returns one choice: use n=1", param="n")
+        if req.temperature == 0:
+            raise InvalidRequestError(
+                "best_of_n needs sampling (temperature > 0): greedy samples are all the same",
+                param="temperature",
+            )
+        if req.logprobs:
+            raise InvalidRequestError("best_of_n does not support logprobs", param="logprobs")
+        self.rewards.check(req.best_of_n.reward_model)
+        return req.best_of_n.n
 
     def prepare_completion(self, req: CompletionRequest) -> Prepared:
         self._check_ready()
@@ -208,6 +236,8 @@ class GenerationService:
             self._record(
                 prepared, started, status, sum(c.tokens for c in choices.values()), version
             )
+        if prepared.best_of is not None:
+            choices = await self._select_best(prepared, choices)
         build = R.chat_response if prepared.kind == "chat" else R.completion_response
         body = build(
             prepared.response_id,
@@ -220,12 +250,28 @@ class GenerationService:
         )
         return body, version
 
+    async def _select_best(
+        self, prepared: Prepared, choices: dict[int, R.ChoiceState]
+    ) -> dict[int, R.ChoiceState]:
+        """Keep the highest-reward sample as choice 0; usage still counts every sample."""
+        assert prepared.best_of is not None and self.rewards is not None
+        reward_model, messages = prepared.best_of
+        texts = ["".join(choices[i].text) for i in sorted(choices)]
+        rewards = await self.rewards.score(reward_model, messages, texts)
+        best = choices[pick_best(rewards)]
+        best.tokens = sum(c.tokens for c in choices.values())
+        best.rewards = rewards
+        return {0: best}
+
     async def open_stream(self, prepared: Prepared) -> tuple[AsyncIterator[str], str]:
         """Start the request; errors before its first token still become HTTP errors.
 
         Returns the SSE events and the version that serves the request (known at admission,
         so it can go in a response header).
         """
+        if prepared.best_of is not None:  # the winner is known only at the end: one chunk
+            body, version = await self.complete(prepared)
+            return _events_of(body, prepared.include_usage), version
         started = time.monotonic()
         deltas = self._deltas(prepared)
         try:
@@ -286,6 +332,26 @@ class GenerationService:
 def fingerprint(version: str) -> str:
     """``system_fingerprint``: which deployed version's weights produced the response."""
     return f"alignserve:{version}"
+
+
+async def _events_of(body: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
+    """A finished chat response as the stream chunks OpenAI would have sent."""
+    choice = body["choices"][0]
+    rid, created, model, fp = body["id"], body["created"], body["model"], body["system_fingerprint"]
+    content = choice["message"]["content"]
+    role = {"role": "assistant", "content": ""}
+    yield R.sse(R.chat_chunk(rid, created, model, fp, 0, role, None, None, include_usage))
+    if content:
+        delta = {"content": content}
+        yield R.sse(R.chat_chunk(rid, created, model, fp, 0, delta, None, None, include_usage))
+    reason = choice["finish_reason"]
+    yield R.sse(R.chat_chunk(rid, created, model, fp, 0, {}, None, reason, include_usage))
+    if include_usage:
+        usage = body["usage"]
+        obj = "chat.completion.chunk"
+        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+        yield R.sse(R.usage_chunk(rid, created, model, fp, obj, prompt, completion))
+    yield R.sse("[DONE]")
 
 
 def _error_body(exc: ServiceError) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class ChoiceState:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     text_len: int = 0
+    rewards: list[float] | None = None  # Best-of-N: every sample's reward, this one is the max
 
     def add(self, delta: GenerationDelta) -> None:
         self.text.append(delta.text)
@@ -92,6 +93,7 @@ def chat_response(
                 "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
                 "logprobs": chat_logprobs(tuple(c.logprobs)) if want_logprobs else None,
                 "finish_reason": c.finish_reason,
+                **({"best_of_n_rewards": c.rewards} if c.rewards is not None else {}),
             }
             for i, c in sorted(choices.items())
         ],

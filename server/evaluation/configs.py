@@ -142,9 +142,7 @@ def standard_configs(
         rows.append(EvalConfig(f"{ckpt}", ckpt))
         rows.append(EvalConfig(f"{ckpt} + LA alpha={checkpoint_alpha:g}", ckpt,
                                {**principle, "alpha": float(checkpoint_alpha)}))
-    names = [r.name for r in rows]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"duplicate configuration names: {names}")
+    check_unique(rows)
     return rows
 
 

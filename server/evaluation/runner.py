@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -107,18 +108,20 @@ class ResultStore:
             self._load()
 
     def _load(self) -> None:
-        lines = self.path.read_text().splitlines()
+        data = self.path.read_bytes()
+        lines = data.decode("utf-8", errors="replace").splitlines()
         for n, line in enumerate(lines, 1):
             try:
                 result = Result(**json.loads(line))
             except (ValueError, TypeError):
                 # A crash mid-write leaves at most a torn last line; anything else is corruption.
                 if n == len(lines):
-                    logger.warning("%s: ignoring a torn last line", self.path)
-                    continue
+                    logger.warning("%s: dropping a torn last line", self.path)
+                    os.truncate(self.path, data.rstrip(b"\n").rfind(b"\n") + 1)
+                    return
                 raise ValueError(f"{self.path}:{n}: not a result record") from None
             self._results[result.key] = result
-        if lines and not self.path.read_bytes().endswith(b"\n"):
+        if data and not data.endswith(b"\n"):
             with self.path.open("a") as f:  # the next record must start on its own line
                 f.write("\n")
 

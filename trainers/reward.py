@@ -1,0 +1,65 @@
+"""Deployable reward models (AfD's Init-SFT discriminator): load one and score completions.
+
+Public API for the server's Best-of-N: it encodes (conversation, completion) exactly as the
+discriminator was trained (``trainers.modeling.encode``) and returns the logit ``f_φ(x, y)``,
+which is the reward (ALGORITHMS.md §4.1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trainers.modeling import Messages, collate, encode, load_tokenizer
+
+REWARD_DIR = "reward_model"
+MAX_LENGTH = 1024
+MAX_PROMPT_LENGTH = 512
+
+
+def reward_model_folder(checkpoint: Path) -> Path | None:
+    """The reward model inside a checkpoint folder, if it carries one."""
+    folder = checkpoint / REWARD_DIR
+    return folder if (folder / "reward_model.json").is_file() else None
+
+
+@dataclass
+class RewardModel:
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any]
+
+    @classmethod
+    def load(cls, folder: Path, base_model: Path) -> RewardModel:
+        """A scalar-head LoRA classifier on ``base_model`` (the served base's local folder)."""
+        from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        tokenizer = load_tokenizer(str(folder))
+        base = AutoModelForSequenceClassification.from_pretrained(
+            base_model, num_labels=1, dtype=torch.float32, local_files_only=True
+        )
+        base.config.pad_token_id = tokenizer.pad_token_id
+        model = PeftModel.from_pretrained(base, folder).eval()
+        info = json.loads((folder / "reward_model.json").read_text())
+        return cls(model, tokenizer, info)
+
+    @torch.no_grad()
+    def score(self, messages: Messages, completions: Sequence[str]) -> Tensor:
+        """``(N,)`` rewards of ``completions`` to the same conversation."""
+        items = [
+            encode(self.tokenizer, messages, c, MAX_LENGTH, MAX_PROMPT_LENGTH) for c in completions
+        ]
+        batch = collate(items, int(self.tokenizer.pad_token_id))
+        logits: Tensor = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+        return logits.squeeze(-1).float()
