@@ -1,0 +1,148 @@
+"""Admin training routes over the FakeEngine: uploads, jobs, SSE events, checkpoints, auth,
+and the OpenAI-style fine-tuning routes; one job runs end to end through the API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.api.app import create_app
+from server.auth import KeyRing
+from server.training import TrainingService
+from tests.fakes import FakeEngine
+from tests.trainers.conftest import SMALL, jsonl, pairs
+from trainers.store import SqliteJobStore
+from trainers.worker import Worker, WorkerConfig
+
+USER, ADMIN = "user-key", "admin-key"
+LIMIT = 20_000
+
+
+@pytest.fixture
+def service(store: SqliteJobStore, home: Path, tiny_model: Path) -> TrainingService:
+    return TrainingService(store, home, base_model=str(tiny_model), max_dataset_bytes=LIMIT)
+
+
+@pytest.fixture
+def client(service: TrainingService) -> Iterator[TestClient]:
+    app = create_app(FakeEngine(), KeyRing.build([USER], [ADMIN]), training=service)
+    with TestClient(app) as c:
+        c.headers["Authorization"] = f"Bearer {ADMIN}"
+        yield c
+
+
+def _upload(client: TestClient, data: bytes, **form: str) -> dict[str, object]:
+    r = client.post("/admin/v1/datasets", files={"file": ("d.jsonl", data)}, data=form)
+    return {"status": r.status_code, **r.json()}
+
+
+def test_upload_then_minimal_job_then_get(client: TestClient) -> None:
+    ds = _upload(client, jsonl(pairs(4)))
+    assert ds["status"] == 200 and str(ds["id"]).startswith("ds-")
+    r = client.post("/admin/v1/jobs", json={"method": "dpo", "dataset": ds["id"],
+                                            "hyperparameters": {"max_steps": 3}})
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["total_steps"] == 3
+    assert job["config"]["model"]  # defaulted to the served base model
+    got = client.get(f"/admin/v1/jobs/{job['id']}").json()
+    assert got["status"] == "queued" and got["checkpoint_id"] is None
+    assert [j["id"] for j in client.get("/admin/v1/jobs").json()["data"]] == [job["id"]]
+
+
+@pytest.mark.parametrize(("data", "needle"), [
+    (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{bad\n', "line 2"),
+    (jsonl([{"prompt": "a", "chosen": "b"}]), "line 1: field 'rejected'"),
+    (jsonl([{"prompt": "a", "completion": "b", "label": "yes"}]), "line 1: field 'label'"),
+    (b"", "empty"),
+])
+def test_malformed_uploads_are_400_and_store_nothing(
+    client: TestClient, store: SqliteJobStore, data: bytes, needle: str
+) -> None:
+    r = _upload(client, data)
+    assert r["status"] == 400
+    assert needle in r["error"]["message"]  # type: ignore[index]
+    assert store.list_datasets() == []
+
+
+def test_oversized_upload_is_413(client: TestClient, store: SqliteJobStore) -> None:
+    r = _upload(client, jsonl(pairs(400)))
+    assert r["status"] == 413 and r["error"]["code"] == "payload_too_large"  # type: ignore[index]
+    assert store.list_datasets() == []
+
+
+def test_server_side_path_import(client: TestClient, tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(jsonl(pairs(2)))
+    r = client.post("/admin/v1/datasets", json={"path": str(path)})
+    assert r.status_code == 200 and r.json()["records"] == 2
+
+
+def test_job_validation_errors_are_400(client: TestClient) -> None:
+    ds = _upload(client, jsonl(pairs(2)))["id"]
+    bad = client.post("/admin/v1/jobs", json={"method": "dpo", "dataset": ds, "extra": 1})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "extra"
+    loss = client.post("/admin/v1/jobs", json={"method": "dpo", "dataset": ds, "loss": "dop"})
+    assert loss.status_code == 400 and "valid names" in loss.json()["error"]["message"]
+    missing = client.post("/admin/v1/jobs", json={"method": "dpo", "dataset": "ds-nope"})
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == "dataset_not_found"
+    fmt = client.post("/admin/v1/jobs", json={"method": "ulma", "dataset": ds})
+    assert fmt.status_code == 400 and fmt.json()["error"]["code"] == "wrong_format"
+    assert client.get("/admin/v1/jobs/job-nope").status_code == 404
+
+
+def test_user_key_is_refused(client: TestClient) -> None:
+    r = client.get("/admin/v1/jobs", headers={"Authorization": f"Bearer {USER}"})
+    assert r.status_code == 403
+    r = client.get("/v1/fine_tuning/jobs", headers={"Authorization": f"Bearer {USER}"})
+    assert r.status_code == 403
+
+
+def test_cancel_queued_job_and_sse_events(client: TestClient) -> None:
+    ds = _upload(client, jsonl(pairs(2)))["id"]
+    job = client.post("/admin/v1/jobs", json={"method": "dpo", "dataset": ds}).json()
+    assert client.post(f"/admin/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    r = client.get(f"/admin/v1/jobs/{job['id']}/events")
+    assert r.headers["content-type"].startswith("text/event-stream")
+    data = [line.removeprefix("data: ") for line in r.text.split("\n") if line.startswith("data:")]
+    assert data[-1] == "[DONE]"
+    assert [json.loads(d)["message"] for d in data[:-1]] == [
+        "job queued", "job cancelled before it started"]
+
+
+def test_openai_fine_tuning_routes(client: TestClient) -> None:
+    ds = _upload(client, jsonl(pairs(2)))["id"]
+    body = {"training_file": ds, "model": "fake-model",
+            "method": {"type": "dpo",
+                       "dpo": {"hyperparameters": {"beta": 0.2, "batch_size": "auto"}}}}
+    r = client.post("/v1/fine_tuning/jobs", json=body)
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["object"] == "fine_tuning.job" and job["status"] == "queued"
+    assert job["method"] == {"type": "dpo"} and job["hyperparameters"]["beta"] == 0.2
+    listed = client.get("/v1/fine_tuning/jobs").json()
+    assert listed["object"] == "list" and listed["data"][0]["id"] == job["id"]
+    bad = client.post("/v1/fine_tuning/jobs", json={**body, "method": {"type": "ppo"}})
+    assert bad.status_code == 400
+
+
+def test_end_to_end_job_through_the_api(
+    client: TestClient, store: SqliteJobStore, home: Path
+) -> None:
+    ds = _upload(client, jsonl(pairs(4)))["id"]
+    job = client.post("/admin/v1/jobs", json={
+        "method": "dpo", "dataset": ds, "deploy": {"name": "tiny-dpo"},
+        "hyperparameters": {**SMALL, "max_steps": 2}}).json()
+    Worker(store, WorkerConfig(home, worker_id="api")).run_forever(max_jobs=1)
+    got = client.get(f"/admin/v1/jobs/{job['id']}").json()
+    assert got["status"] == "succeeded" and got["checkpoint_id"]
+    checkpoints = client.get("/admin/v1/checkpoints").json()["data"]
+    assert [c["id"] for c in checkpoints] == [got["checkpoint_id"]]
+    assert checkpoints[0]["deploy"] == {"name": "tiny-dpo"}
+    assert Path(checkpoints[0]["path"], "adapter_config.json").is_file()
+    metrics = client.get(f"/admin/v1/jobs/{job['id']}/metrics").json()["data"]
+    assert [m["step"] for m in metrics] == [1, 2]

@@ -1,0 +1,261 @@
+"""Training datasets: JSONL formats, validation with line-numbered errors, atomic import.
+
+Formats (one JSON object per line):
+
+* ``pairs``: ``prompt`` or ``messages``, ``chosen``, ``rejected`` (strings).
+* ``openai_preference``: OpenAI preference fine-tuning, ``input.messages``,
+  ``preferred_output`` and ``non_preferred_output`` (lists with one assistant message). Stored as
+  ``pairs``.
+* ``pointwise``: ``prompt``/``messages``, ``completion``, ``label`` (bool, or a number for
+  continuous labels).
+* ``demonstrations``: ``prompt``/``messages``, ``completion``.
+* ``prompts``: ``prompt``/``messages``.
+
+Every stored record carries ``messages`` (a prompt string becomes one user message). A file is
+validated completely before anything is written; it is then written to a temporary file and
+renamed to ``home/datasets/<id>.jsonl``, and only then registered in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainers.store import DatasetRecord, JobStore, new_id
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+FORMATS = ("pairs", "openai_preference", "pointwise", "demonstrations", "prompts")
+ROLES = ("system", "user", "assistant")
+# What each method trains on (stored formats; openai_preference is stored as pairs).
+METHOD_FORMATS: dict[str, tuple[str, ...]] = {
+    "dpo": ("pairs",),
+    "pointwise_dpo": ("pointwise",),
+    "ulma": ("pointwise",),
+    "rdpo": ("prompts", "pairs", "demonstrations"),
+    "ld_align": ("demonstrations",),
+    "afd": ("demonstrations",),
+}
+
+
+class DatasetError(ValueError):
+    """A dataset was refused. ``line`` (1-based) and ``field`` say where, when known."""
+
+    def __init__(self, message: str, line: int | None = None, field: str | None = None):
+        where = f"line {line}: " if line is not None else ""
+        where += f"field '{field}': " if field is not None else ""
+        super().__init__(where + message)
+        self.line, self.field = line, field
+
+
+class DatasetTooLargeError(DatasetError):
+    pass
+
+
+def _text(rec: dict[str, Any], key: str, line: int) -> str:
+    if key not in rec:
+        raise DatasetError("missing required field", line, key)
+    value = rec[key]
+    if not isinstance(value, str):
+        raise DatasetError(f"must be a string, got {type(value).__name__}", line, key)
+    if not value.strip():
+        raise DatasetError("must not be empty", line, key)
+    return value
+
+
+def _messages(value: Any, line: int, key: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise DatasetError("must be a non-empty list of messages", line, key)
+    out = []
+    for i, msg in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(msg, dict):
+            raise DatasetError("must be an object with 'role' and 'content'", line, where)
+        if msg.get("role") not in ROLES:
+            raise DatasetError(f"role must be one of {', '.join(ROLES)}", line, f"{where}.role")
+        if not isinstance(msg.get("content"), str):
+            raise DatasetError("must be a string", line, f"{where}.content")
+        out.append({"role": msg["role"], "content": msg["content"]})
+    return out
+
+
+def _prompt(rec: dict[str, Any], line: int) -> list[dict[str, str]]:
+    if "messages" in rec:
+        return _messages(rec["messages"], line, "messages")
+    if "prompt" in rec:
+        return [{"role": "user", "content": _text(rec, "prompt", line)}]
+    raise DatasetError("missing required field (or 'messages')", line, "prompt")
+
+
+def _assistant_text(value: Any, line: int, key: str) -> str:
+    msgs = _messages(value, line, key)
+    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+        raise DatasetError("must hold exactly one assistant message", line, key)
+    return msgs[0]["content"]
+
+
+def _pairs(rec: dict[str, Any], line: int) -> dict[str, Any]:
+    return {
+        "messages": _prompt(rec, line),
+        "chosen": _text(rec, "chosen", line),
+        "rejected": _text(rec, "rejected", line),
+    }
+
+
+def _openai_preference(rec: dict[str, Any], line: int) -> dict[str, Any]:
+    inp = rec.get("input")
+    if not isinstance(inp, dict):
+        raise DatasetError("missing required object", line, "input")
+    if "messages" not in inp:
+        raise DatasetError("missing required field", line, "input.messages")
+    for key in ("preferred_output", "non_preferred_output"):
+        if key not in rec:
+            raise DatasetError("missing required field", line, key)
+    return {
+        "messages": _messages(inp["messages"], line, "input.messages"),
+        "chosen": _assistant_text(rec["preferred_output"], line, "preferred_output"),
+        "rejected": _assistant_text(rec["non_preferred_output"], line, "non_preferred_output"),
+    }
+
+
+def _pointwise(rec: dict[str, Any], line: int) -> dict[str, Any]:
+    out = _demonstrations(rec, line)
+    if "label" not in rec:
+        raise DatasetError("missing required field", line, "label")
+    label = rec["label"]
+    if isinstance(label, bool):
+        out["label"] = 1.0 if label else 0.0
+    elif isinstance(label, int | float) and label == label and abs(label) != float("inf"):
+        out["label"] = float(label)
+    else:
+        raise DatasetError(f"must be a bool or a finite number, got {label!r}", line, "label")
+    return out
+
+
+def _demonstrations(rec: dict[str, Any], line: int) -> dict[str, Any]:
+    return {"messages": _prompt(rec, line), "completion": _text(rec, "completion", line)}
+
+
+def _prompts(rec: dict[str, Any], line: int) -> dict[str, Any]:
+    return {"messages": _prompt(rec, line)}
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any], int], dict[str, Any]]] = {
+    "pairs": _pairs,
+    "openai_preference": _openai_preference,
+    "pointwise": _pointwise,
+    "demonstrations": _demonstrations,
+    "prompts": _prompts,
+}
+
+
+def stored_format(fmt: str) -> str:
+    return "pairs" if fmt == "openai_preference" else fmt
+
+
+def detect_format(rec: dict[str, Any]) -> str:
+    """Guess the format from the keys of the first record."""
+    if "preferred_output" in rec or "input" in rec:
+        return "openai_preference"
+    if "chosen" in rec or "rejected" in rec:
+        return "pairs"
+    if "label" in rec:
+        return "pointwise"
+    if "completion" in rec:
+        return "demonstrations"
+    return "prompts"
+
+
+def parse_jsonl(data: bytes, fmt: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """Validate a whole JSONL file; return its (stored) format and canonical records.
+
+    Raises:
+        DatasetError: with the 1-based line and the field at fault.
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise DatasetError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DatasetError("not valid UTF-8", line) from None
+    records: list[dict[str, Any]] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"invalid JSON ({e.msg} at column {e.colno})", number) from None
+        if not isinstance(rec, dict):
+            raise DatasetError("each line must be a JSON object", number)
+        fmt = fmt or detect_format(rec)
+        records.append(_PARSERS[fmt](rec, number))
+    if not records:
+        raise DatasetError("the file is empty: no JSON records", 1)
+    assert fmt is not None
+    return stored_format(fmt), records
+
+
+def import_dataset(
+    store: JobStore,
+    home: Path,
+    data: bytes,
+    fmt: str | None = None,
+    filename: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> DatasetRecord:
+    """Validate ``data`` fully, write it atomically under ``home/datasets`` and register it."""
+    if len(data) > max_bytes:
+        raise DatasetTooLargeError(f"the file is {len(data)} bytes; the limit is {max_bytes}")
+    stored, records = parse_jsonl(data, fmt)
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    dataset_id = new_id("ds")
+    folder = Path(home) / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{dataset_id}.jsonl"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{dataset_id}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    record = DatasetRecord(
+        id=dataset_id, format=stored, path=str(target), records=len(records),
+        sha256=hashlib.sha256(body).hexdigest(), bytes=len(body), filename=filename,
+        created_at=time.time(),
+    )
+    try:
+        store.add_dataset(record)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return record
+
+
+def import_path(
+    store: JobStore, home: Path, path: Path, fmt: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> DatasetRecord:
+    """Import a server-side JSONL file (``{"path": ...}`` in the API; the CLI)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"no such file: {path}", field="path")
+    if path.stat().st_size > max_bytes:
+        raise DatasetTooLargeError(f"{path} is {path.stat().st_size} bytes; limit {max_bytes}")
+    return import_dataset(store, home, path.read_bytes(), fmt, path.name, max_bytes)
+
+
+def load_records(path: str | Path) -> list[dict[str, Any]]:
+    """Read a stored (already validated) dataset."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,203 @@
+"""Policy loading, tokenisation of (prompt, completion) pairs, batched log-probs and sampling.
+
+The log-prob math itself is ``align_core.sequence_logps``; this module only lays sequences out:
+``[prompt ; completion ; eos]`` right-padded, with a completion mask that is true on completion
+tokens only (prompt and padding masked, ALGORITHMS.md §0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from align_core import sequence_logps
+from trainers.specs import GenerationSpec, LoraSpec
+
+logger = logging.getLogger(__name__)
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one prompt and one completion (the completion ends with EOS)."""
+
+    prompt: tuple[int, ...]
+    completion: tuple[int, ...]
+
+
+def load_tokenizer(model_path: str) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(model_path: str, finetuning: str, lora: LoraSpec) -> nn.Module:
+    """The base model in fp32, wrapped in a fresh LoRA adapter unless ``finetuning == "full"``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.float32, local_files_only=True
+    )
+    if finetuning == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def is_adapter(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+@contextmanager
+def base_weights(model: nn.Module, use_base: bool = True) -> Iterator[None]:
+    """The frozen reference / initial policy: the LoRA adapter disabled (no-op for full FT)."""
+    ctx: Any = model.disable_adapter() if use_base and is_adapter(model) else nullcontext()  # type: ignore[operator]
+    with ctx:
+        yield
+
+
+def render_prompt(tokenizer: Any, messages: Messages) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        text: str = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        return text
+    turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
+    return turns + "Assistant: "
+
+
+def encode(
+    tokenizer: Any, messages: Messages, completion: str, max_length: int, max_prompt_length: int
+) -> Encoded:
+    """Tokenise; keep the prompt's last ``max_prompt_length`` tokens, cut the completion."""
+    prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False).input_ids
+    prompt = prompt[-max_prompt_length:]
+    body = [*tokenizer(completion, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
+    return Encoded(tuple(prompt), tuple(body[: max_length - len(prompt)]))
+
+
+def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``completion_mask``, all ``(B, T)``."""
+    width = max(len(e.prompt) + len(e.completion) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(items), width), dtype=torch.long)
+    completion = torch.zeros((len(items), width), dtype=torch.bool)
+    for row, e in enumerate(items):
+        n_prompt, n = len(e.prompt), len(e.prompt) + len(e.completion)
+        ids[row, :n] = torch.tensor(e.prompt + e.completion)
+        attention[row, :n] = 1
+        completion[row, n_prompt:n] = True
+    return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion}
+
+
+def batch_logps(
+    model: nn.Module, items: Sequence[Encoded], pad_id: int, *, average: bool = False
+) -> Tensor:
+    """``(B,)`` completion log-probs (sum, or per-token mean for ULMA) in one forward pass."""
+    batch = collate(items, pad_id)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).logits  # (B, T, V)
+    return sequence_logps(logits, batch["input_ids"], batch["completion_mask"], average=average)
+
+
+@torch.no_grad()
+def frozen_logps(
+    model: nn.Module, items: Sequence[Encoded], pad_id: int, *, use_base: bool,
+    average: bool = False, batch_size: int = 8,
+) -> Tensor:
+    """Reference log-probs of every item, computed once (``(N,)``), in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with base_weights(model, use_base):
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            out.append(batch_logps(model, chunk, pad_id, average=average))
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[Messages], gen: GenerationSpec, *,
+    use_base: bool = False, max_prompt_length: int = 256, batch_size: int = 8,
+) -> list[str]:
+    """One sampled (or greedy, at temperature 0) answer per prompt, left-padded batches."""
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    with base_weights(model, use_base):
+        for start in range(0, len(prompts), batch_size):
+            answers += _sample_chunk(model, tokenizer, prompts[start : start + batch_size], gen,
+                                     max_prompt_length)
+    model.train(was_training)
+    return answers
+
+
+def _sample_chunk(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[Messages], gen: GenerationSpec,
+    max_prompt_length: int,
+) -> list[str]:
+    encoded = [
+        tokenizer(render_prompt(tokenizer, m), add_special_tokens=False).input_ids[
+            -max_prompt_length:
+        ]
+        for m in prompts
+    ]
+    width = max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
+    attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    kwargs: dict[str, Any] = {"do_sample": gen.temperature > 0}
+    if gen.temperature > 0:
+        kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
+    out = model.generate(  # type: ignore[operator]
+        input_ids=ids, attention_mask=attention, max_new_tokens=gen.max_new_tokens,
+        pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **kwargs,
+    )
+    return [
+        tokenizer.decode(row[width:], skip_special_tokens=True).strip() or "."
+        for row in out
+    ]
+
+
+def trainable_state(model: nn.Module) -> dict[str, Tensor]:
+    """The parameters being trained (LoRA weights, or all of them for full fine-tuning)."""
+    return {
+        name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [name for name in state if name not in params]
+    if missing:
+        raise RuntimeError(f"resume state has unknown parameters: {missing[:3]}")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def save_model(model: nn.Module, tokenizer: Any, folder: Path) -> None:
+    """LoRA: the peft adapter (vLLM-loadable); full: the whole HF model. Plus the tokenizer."""
+    model.save_pretrained(folder)  # type: ignore[operator]
+    tokenizer.save_pretrained(folder)

@@ -1,0 +1,23 @@
+"""Training recipes: a method is its data preparation plus its ``align_core`` loss.
+
+``RECIPES`` maps each method name to a ``Recipe``: ``stages(ctx, records)`` builds the stages the
+shared loop runs, and ``save_extra(ctx, folder)`` writes anything besides the policy into the
+final checkpoint (AfD's reward model).
+"""
+
+from __future__ import annotations
+
+from trainers.recipes.afd import AFD
+from trainers.recipes.base import RECIPES, Recipe
+from trainers.recipes.dpo import DPO
+from trainers.recipes.ld_align import LD_ALIGN
+from trainers.recipes.pointwise import POINTWISE_DPO, ULMA
+from trainers.recipes.rdpo import RDPO
+
+for _name, _recipe in (
+    ("dpo", DPO), ("pointwise_dpo", POINTWISE_DPO), ("ulma", ULMA), ("rdpo", RDPO),
+    ("ld_align", LD_ALIGN), ("afd", AFD),
+):
+    RECIPES.register(_name, _recipe)
+
+__all__ = ["RECIPES", "Recipe"]

@@ -1,0 +1,171 @@
+"""Stages shared by the recipes: preference pairs, point-wise labels and SFT.
+
+Each stage is data preparation plus one ``align_core`` loss. Reference log-probs are computed
+once, at the start of the stage, with the policy as it is then (for the first stage of a LoRA run:
+the adapter disabled, i.e. the base model), and cached in the job's work dir, so a resumed job
+uses the same reference even after full fine-tuning changed the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from align_core import (
+    PAIR_LOSSES,
+    POINTWISE_LOSSES,
+    implicit_rewards,
+    weighted_mean,
+)
+from trainers.loop import TrainContext
+from trainers.modeling import Encoded, batch_logps, encode, frozen_logps
+
+
+def encode_all(ctx: TrainContext, records: list[dict[str, Any]], key: str) -> list[Encoded]:
+    hp = ctx.spec.hyperparameters
+    return [
+        encode(ctx.tokenizer, r["messages"], r[key], hp.max_length, hp.max_prompt_length)
+        for r in records
+    ]
+
+
+@dataclass
+class PairStage:
+    """DPO-family loss on (chosen, rejected) pairs, optionally with scores (rDPO) or weights
+    (LD-Align). ``records``: ``{"messages", "chosen", "rejected"}`` (may be set by a recipe's
+    ``before`` hook, e.g. after generating losers)."""
+
+    name: str
+    steps: int
+    learning_rate: float
+    loss_name: str
+    loss_options: dict[str, float] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    chosen_scores: Tensor | None = None
+    rejected_scores: Tensor | None = None
+    weights: Tensor | None = None
+    reference_is_base: bool = True
+    module: str = "policy"
+
+    def __post_init__(self) -> None:
+        self._chosen: list[Encoded] = []
+        self._rejected: list[Encoded] = []
+        self._ref = torch.zeros(0, 2)
+
+    def prepare(self, ctx: TrainContext) -> None:
+        self._chosen = encode_all(ctx, self.records, "chosen")
+        self._rejected = encode_all(ctx, self.records, "rejected")
+
+        def reference() -> dict[str, Any]:
+            chosen = frozen_logps(ctx.policy, self._chosen, ctx.pad_id,
+                                  use_base=self.reference_is_base)
+            rejected = frozen_logps(ctx.policy, self._rejected, ctx.pad_id,
+                                    use_base=self.reference_is_base)
+            return {"ref": torch.stack([chosen, rejected], dim=1)}  # (N, 2)
+
+        self._ref = ctx.cached(f"{self.name}-reference", reference)["ref"]
+
+    def size(self) -> int:
+        return len(self.records)
+
+    def loss(self, ctx: TrainContext, indices: list[int]) -> tuple[Tensor, dict[str, float]]:
+        hp = ctx.spec.hyperparameters
+        items = [self._chosen[i] for i in indices] + [self._rejected[i] for i in indices]
+        logps = batch_logps(ctx.policy, items, ctx.pad_id)  # (2B,): [chosen; rejected]
+        policy_chosen, policy_rejected = logps.split(len(indices))
+        ref = self._ref[indices]  # (B, 2)
+        scores: dict[str, Tensor] = {}
+        if self.chosen_scores is not None and self.rejected_scores is not None:
+            scores = {"chosen_scores": self.chosen_scores[indices],
+                      "rejected_scores": self.rejected_scores[indices]}
+        losses = PAIR_LOSSES.get(self.loss_name)(
+            policy_chosen, policy_rejected, ref[:, 0], ref[:, 1], beta=hp.beta,
+            options=self.loss_options, **scores,
+        )  # (B,)
+        weights = self.weights[indices] if self.weights is not None else None
+        chosen_r = implicit_rewards(policy_chosen, ref[:, 0], hp.beta)
+        rejected_r = implicit_rewards(policy_rejected, ref[:, 1], hp.beta)
+        metrics = {
+            "rewards/chosen": float(chosen_r.mean()),
+            "rewards/rejected": float(rejected_r.mean()),
+            "rewards/margin": float((chosen_r - rejected_r).mean()),
+            "rewards/accuracy": float((chosen_r > rejected_r).float().mean()),
+            "logps/chosen": float(policy_chosen.detach().mean()),
+            "logps/rejected": float(policy_rejected.detach().mean()),
+        }
+        return weighted_mean(losses, weights), metrics
+
+
+@dataclass
+class PointwiseStage:
+    """Point-wise DPO / ULMA on ``{"messages", "completion", "label"}`` records (per-token mean
+    log-probs, as ULMA's code; ALGORITHMS.md §2.2)."""
+
+    name: str
+    steps: int
+    learning_rate: float
+    loss_name: str
+    log_z: float
+    records: list[dict[str, Any]]
+    module: str = "policy"
+
+    def prepare(self, ctx: TrainContext) -> None:
+        self._items = encode_all(ctx, self.records, "completion")
+        self._labels = torch.tensor([float(r["label"]) for r in self.records])
+        entry = POINTWISE_LOSSES.get(self.loss_name)
+        self._ref: Tensor | None = None
+        if entry.needs_reference:
+            self._ref = ctx.cached(f"{self.name}-reference", lambda: {
+                "ref": frozen_logps(ctx.policy, self._items, ctx.pad_id, use_base=True,
+                                    average=True)
+            })["ref"]
+
+    def size(self) -> int:
+        return len(self.records)
+
+    def loss(self, ctx: TrainContext, indices: list[int]) -> tuple[Tensor, dict[str, float]]:
+        entry = POINTWISE_LOSSES.get(self.loss_name)
+        items = [self._items[i] for i in indices]
+        policy = batch_logps(ctx.policy, items, ctx.pad_id, average=True)  # (B,)
+        labels = self._labels[indices]
+        ref = self._ref[indices] if self._ref is not None else None
+        beta = ctx.spec.hyperparameters.beta
+        losses = entry(policy, ref, labels, beta=beta, log_z=self.log_z)
+        positive = labels == 1
+        metrics = {"logps/positive": _masked_mean(policy, positive),
+                   "logps/negative": _masked_mean(policy, ~positive)}
+        if ref is not None:
+            h = (policy - ref).detach()
+            metrics["rewards/positive"] = _masked_mean(beta * h, positive)
+            metrics["rewards/negative"] = _masked_mean(beta * h, ~positive)
+        return entry.reduce(losses, labels), metrics
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> float:
+    return float(values.detach()[mask].mean()) if bool(mask.any()) else 0.0
+
+
+@dataclass
+class SFTStage:
+    """Supervised fine-tuning: per-token mean negative log-likelihood of the completions
+    (the forward-KL / behaviour-cloning objective of AfD §4.1)."""
+
+    name: str
+    steps: int
+    learning_rate: float
+    records: list[dict[str, Any]]
+    module: str = "policy"
+
+    def prepare(self, ctx: TrainContext) -> None:
+        self._items = encode_all(ctx, self.records, "completion")
+
+    def size(self) -> int:
+        return len(self.records)
+
+    def loss(self, ctx: TrainContext, indices: list[int]) -> tuple[Tensor, dict[str, float]]:
+        logps = batch_logps(ctx.policy, [self._items[i] for i in indices], ctx.pad_id,
+                            average=True)  # (B,)
+        return -logps.mean(), {"logps/mean_token": float(logps.detach().mean())}

@@ -1,0 +1,235 @@
+"""Job specs: one pydantic model per method, joined in a discriminated union on ``method``.
+
+Everything is validated here, at the API boundary, before a job is queued. Loss names are read
+from the ``align_core`` registries, never typed by hand. The minimal body is::
+
+    {"method": "dpo", "dataset": "<id>", "hyperparameters": {"max_steps": 3}}
+
+``model`` defaults to the served base model (filled in by the service). The resolved spec
+(``model_dump()``) is what a job stores and what every checkpoint carries.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from align_core import DISTANCE_METRICS, PAIR_LOSSES, POINTWISE_LOSSES, WEIGHTINGS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSpec(Strict):
+    r: int = Field(default=8, ge=1, le=256)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )
+
+
+class DeploySpec(Strict):
+    """Hot-swap the checkpoint into the server when the job succeeds (a later issue acts on it)."""
+
+    name: str = Field(min_length=1, max_length=128)
+
+
+class Hyperparameters(Strict):
+    max_steps: int = Field(default=100, ge=1, le=1_000_000, description="Optimizer steps.")
+    batch_size: int = Field(default=2, ge=1, le=1024)
+    learning_rate: float = Field(default=5e-5, gt=0.0, le=1.0)
+    beta: float = Field(default=0.1, gt=0.0)
+    max_length: int = Field(default=512, ge=8)
+    max_prompt_length: int = Field(default=256, ge=4)
+    warmup_steps: int = Field(default=0, ge=0)
+    max_grad_norm: float = Field(default=10.0, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    checkpoint_every: int = Field(default=25, ge=1, description="Resume-point period (steps).")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Hyperparameters:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        return self
+
+
+class GenerationSpec(Strict):
+    """Sampling used where a recipe generates text with a policy."""
+
+    max_new_tokens: int = Field(default=48, ge=1, le=2048)
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+
+
+class _Base(Strict):
+    method: str
+    dataset: str = Field(min_length=1, description="Dataset id from POST /admin/v1/datasets.")
+    model: str | None = Field(default=None, description="Base model folder; default: served.")
+    finetuning: Literal["lora", "full"] = "lora"
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    deploy: DeploySpec | None = None
+    suffix: str | None = Field(default=None, max_length=64)
+
+
+def _pair_loss(name: str, *, scored: bool) -> str:
+    entry = PAIR_LOSSES.get(name)  # UnknownNameError (a ValueError) lists the valid names
+    if entry.needs_reward_scores != scored:
+        valid = [n for n, e in PAIR_LOSSES.items() if e.needs_reward_scores == scored]
+        raise ValueError(f"loss {name!r} is not usable here; valid: {', '.join(valid)}")
+    return name
+
+
+def _check_options(loss: str, options: dict[str, float]) -> None:
+    unknown = sorted(set(options) - set(PAIR_LOSSES.get(loss).options))
+    if unknown:
+        allowed = list(PAIR_LOSSES.get(loss).options)
+        raise ValueError(f"loss_options {unknown} not accepted by {loss!r}; accepted: {allowed}")
+
+
+class DPOSpec(_Base):
+    method: Literal["dpo"]
+    loss: str = Field(default="dpo", description="A PAIR_LOSSES name without reward scores.")
+    loss_options: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        return _pair_loss(v, scored=False)
+
+    @model_validator(mode="after")
+    def _options(self) -> DPOSpec:
+        _check_options(self.loss, self.loss_options)
+        return self
+
+
+class _PointwiseBase(_Base):
+    log_z: float = Field(default=0.0, description="Constant standing in for log Z(x) (ULMA: 0).")
+
+    @field_validator("loss", check_fields=False)
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        POINTWISE_LOSSES.get(v)
+        return v
+
+
+class PointwiseDPOSpec(_PointwiseBase):
+    method: Literal["pointwise_dpo"]
+    loss: str = Field(default="pointwise_dpo", description="A POINTWISE_LOSSES name.")
+
+
+class ULMASpec(_PointwiseBase):
+    method: Literal["ulma"]
+    loss: str = Field(default="ulma", description="A POINTWISE_LOSSES name.")
+
+
+class RDPOSpec(_Base):
+    method: Literal["rdpo"]
+    loss: str = Field(default="rdpo", description="A PAIR_LOSSES name that uses reward scores.")
+    loss_options: dict[str, float] = Field(default_factory=dict)
+    scorer: str = Field(default="refusal", description="External reward: a trainers.scorers name.")
+    system_prompt: str | None = None
+    critique_prompt: str = (
+        "Identify specific ways in which your previous answer is harmful, unethical, "
+        "dangerous or unhelpful."
+    )
+    revision_prompt: str = (
+        "Please rewrite your original response using the previous critique, so that it is "
+        "harmless and helpful; refuse politely if the request is harmful."
+    )
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    max_prompts: int = Field(default=64, ge=1, description="Prompts used for data synthesis.")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        return _pair_loss(v, scored=True)
+
+    @field_validator("scorer")
+    @classmethod
+    def _scorer(cls, v: str) -> str:
+        from trainers.scorers import SCORERS
+
+        SCORERS.get(v)
+        return v
+
+    @model_validator(mode="after")
+    def _options(self) -> RDPOSpec:
+        _check_options(self.loss, self.loss_options)
+        return self
+
+
+class LDAlignSpec(_Base):
+    method: Literal["ld_align"]
+    iterations: int = Field(default=2, ge=1, le=20, description="Self-play rounds.")
+    weighting: str = Field(default="softmax", description="A WEIGHTINGS name.")
+    distance: str = Field(default="l2", description="Latent distance metric.")
+    tau: float = Field(default=1.0, gt=0.0)
+    latent_dim: int = Field(default=32, ge=2, le=1024)
+    autoencoder_steps: int = Field(default=200, ge=1)
+    max_prompts: int = Field(default=64, ge=1, description="Demonstrations used per iteration.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+
+    @field_validator("weighting")
+    @classmethod
+    def _weighting(cls, v: str) -> str:
+        WEIGHTINGS.get(v)
+        return v
+
+    @field_validator("distance")
+    @classmethod
+    def _distance(cls, v: str) -> str:
+        if v not in DISTANCE_METRICS:
+            raise ValueError(f"unknown distance {v!r}; valid: {', '.join(DISTANCE_METRICS)}")
+        return v
+
+
+class AfDSpec(_Base):
+    method: Literal["afd"]
+    sft_fraction: float = Field(default=
+        0.5, gt=0.0, lt=1.0, description="Share of max_steps spent on SFT; the rest trains the RM."
+    )
+    samples_per_prompt: int = Field(default=2, ge=1, le=64)
+    max_prompts: int = Field(default=32, ge=1, description="Prompts sampled for the discriminator.")
+    reward_learning_rate: float = Field(default=1e-4, gt=0.0)
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+
+
+def split_steps(total: int, parts: int) -> list[int]:
+    """``total`` steps over ``parts`` iterations, as evenly as possible, none empty."""
+    parts = min(parts, total)
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def afd_steps(total: int, sft_fraction: float) -> tuple[int, int]:
+    """(SFT steps, reward-model steps): at least one each."""
+    sft = min(max(1, round(total * sft_fraction)), max(1, total - 1))
+    return sft, max(1, total - sft)
+
+
+def total_steps(spec: _Base) -> int:
+    """Optimizer steps the job will run, over all its stages."""
+    if isinstance(spec, AfDSpec):
+        return sum(afd_steps(spec.hyperparameters.max_steps, spec.sft_fraction))
+    return spec.hyperparameters.max_steps
+
+
+JobSpec = Annotated[
+    DPOSpec | PointwiseDPOSpec | ULMASpec | RDPOSpec | LDAlignSpec | AfDSpec,
+    Field(discriminator="method"),
+]
+METHODS: tuple[str, ...] = ("dpo", "pointwise_dpo", "ulma", "ld_align", "afd", "rdpo")
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
+
+
+def parse_spec(body: Any) -> _Base:
+    """Validate a job body (raises ``pydantic.ValidationError``)."""
+    spec: _Base = _ADAPTER.validate_python(body)
+    return spec
+
+
+AnySpec = _Base
