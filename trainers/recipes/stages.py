@@ -1,13 +1,16 @@
 """Stages shared by the recipes: preference pairs, point-wise labels and SFT.
 
-Each stage is data preparation plus one ``align_core`` loss. Reference log-probs are computed
-once, at the start of the stage, with the policy as it is then (for the first stage of a LoRA run:
-the adapter disabled, i.e. the base model), and cached in the job's work dir, so a resumed job
-uses the same reference even after full fine-tuning changed the weights.
+Each stage is data preparation plus one ``align_core`` loss. When the reference is the frozen
+base under a LoRA adapter, reference log-probs are computed on first use per example (exact, and
+a bounded run touches only the examples it samples). Otherwise (full fine-tuning, or a reference
+that is an earlier policy) they are computed once at the start of the stage, with the policy as
+it is then, and cached in the job's work dir, so a resumed job uses the same reference even after
+full fine-tuning changed the weights.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +24,31 @@ from align_core import (
     weighted_mean,
 )
 from trainers.loop import TrainContext
-from trainers.modeling import Encoded, batch_logps, encode, frozen_logps
+from trainers.modeling import Encoded, batch_logps, encode, frozen_logps, is_adapter
+
+
+class LazyReference:
+    """Reference values computed on first use, per example: ``ref[indices]`` -> ``(B, ...)``.
+
+    Only valid when the reference cannot change during training (the base weights under a LoRA
+    adapter), which the stages check before using it.
+    """
+
+    def __init__(self, compute: Callable[[list[int]], Tensor]):
+        self._compute = compute
+        self._cache: dict[int, Tensor] = {}
+
+    def __getitem__(self, indices: list[int]) -> Tensor:
+        missing = [i for i in dict.fromkeys(indices) if i not in self._cache]
+        if missing:
+            for i, value in zip(missing, self._compute(missing), strict=True):
+                self._cache[i] = value
+        return torch.stack([self._cache[i] for i in indices])
+
+
+def frozen_base(ctx: TrainContext, use_base: bool) -> bool:
+    """Whether the reference is the untouched base model for the whole stage."""
+    return use_base and is_adapter(ctx.policy)
 
 
 def encode_all(ctx: TrainContext, records: list[dict[str, Any]], key: str) -> list[Encoded]:
@@ -53,20 +80,25 @@ class PairStage:
     def __post_init__(self) -> None:
         self._chosen: list[Encoded] = []
         self._rejected: list[Encoded] = []
-        self._ref = torch.zeros(0, 2)
+        self._ref: Tensor | LazyReference = torch.zeros(0, 2)
 
     def prepare(self, ctx: TrainContext) -> None:
         self._chosen = encode_all(ctx, self.records, "chosen")
         self._rejected = encode_all(ctx, self.records, "rejected")
 
-        def reference() -> dict[str, Any]:
-            chosen = frozen_logps(ctx.policy, self._chosen, ctx.pad_id,
-                                  use_base=self.reference_is_base)
-            rejected = frozen_logps(ctx.policy, self._rejected, ctx.pad_id,
-                                    use_base=self.reference_is_base)
-            return {"ref": torch.stack([chosen, rejected], dim=1)}  # (N, 2)
+        def logps(indices: list[int]) -> Tensor:  # (len(indices), 2): [chosen, rejected]
+            use_base = self.reference_is_base
+            chosen = frozen_logps(ctx.policy, [self._chosen[i] for i in indices], ctx.pad_id,
+                                  use_base=use_base)
+            rejected = frozen_logps(ctx.policy, [self._rejected[i] for i in indices],
+                                    ctx.pad_id, use_base=use_base)
+            return torch.stack([chosen, rejected], dim=1)
 
-        self._ref = ctx.cached(f"{self.name}-reference", reference)["ref"]
+        if frozen_base(ctx, self.reference_is_base):
+            self._ref = LazyReference(logps)
+        else:
+            every = list(range(len(self.records)))
+            self._ref = ctx.cached(f"{self.name}-reference", lambda: {"ref": logps(every)})["ref"]
 
     def size(self) -> int:
         return len(self.records)
@@ -116,12 +148,17 @@ class PointwiseStage:
         self._items = encode_all(ctx, self.records, "completion")
         self._labels = torch.tensor([float(r["label"]) for r in self.records])
         entry = POINTWISE_LOSSES.get(self.loss_name)
-        self._ref: Tensor | None = None
-        if entry.needs_reference:
-            self._ref = ctx.cached(f"{self.name}-reference", lambda: {
-                "ref": frozen_logps(ctx.policy, self._items, ctx.pad_id, use_base=True,
-                                    average=True)
-            })["ref"]
+        self._ref: Tensor | LazyReference | None = None
+
+        def logps(indices: list[int]) -> Tensor:  # (len(indices),)
+            items = [self._items[i] for i in indices]
+            return frozen_logps(ctx.policy, items, ctx.pad_id, use_base=True, average=True)
+
+        if entry.needs_reference and frozen_base(ctx, True):
+            self._ref = LazyReference(logps)
+        elif entry.needs_reference:
+            every = list(range(len(self.records)))
+            self._ref = ctx.cached(f"{self.name}-reference", lambda: {"ref": logps(every)})["ref"]
 
     def size(self) -> int:
         return len(self.records)
