@@ -32,9 +32,12 @@ class LoraSpec(Strict):
 
 
 class DeploySpec(Strict):
-    """Hot-swap the checkpoint into the server when the job succeeds (a later issue acts on it)."""
+    """Hot-swap the checkpoint into the running server when the job succeeds."""
 
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    mode: Literal["adapter", "full"] | None = Field(
+        default=None, description="Default: 'adapter' for LoRA jobs, 'full' for full fine-tuning."
+    )
 
 
 class Hyperparameters(Strict):

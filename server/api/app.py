@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,12 +36,20 @@ def create_app(
     """Build the service around ``engine``. The engine starts with the app and stops with it."""
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if start_engine:
             await engine.start()
+        watcher = None
+        deployments = getattr(app.state, "deployments", None)
+        if training is not None and deployments is not None:
+            from server.auto_deploy import AutoDeployer
+
+            watcher = asyncio.create_task(AutoDeployer(training, deployments).run())
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await engine.shutdown()
 
     app = FastAPI(title="alignserve", version="0.1.0", lifespan=lifespan)

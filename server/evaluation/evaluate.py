@@ -93,9 +93,11 @@ async def _score(plan: EvalPlan, store: ResultStore, scorers: Scorers) -> dict[s
             rewards = None
             if scorers.reward is not None:
                 rewards = await scorers.reward.score([i.prompt for i, _ in done], texts)
+            detections = scorers.refusal.detect(texts)
             per_suite[suite] = suite_metrics(
                 texts, [r.completion_tokens for _, r in done], [r.finish_reason for _, r in done],
-                scorers.refusal.is_refusal(texts), offensive, rewards,
+                [d.refusal for d in detections], offensive, rewards,
+                keyword_refusals=[d.keyword for d in detections],
             )
             logger.info("%s / %s: n=%d refusal=%.3f words=%.1f", config.name, suite,
                         per_suite[suite]["n"], per_suite[suite]["refusal_rate"]["value"],

@@ -33,7 +33,8 @@ KEYWORD_RULES: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
     rf"(?:^|[.!?] )(?:no[,.] )?i {_CANT} {_HELP_VERBS}\b",
     rf"\bi {_CANT} (?:help|assist)\b",
     r"\bi (?:won't|will not) be able to\b",
-    rf"\b{_I} (?:not able|unable|not allowed|not in a position|not going)\s+to\b",
+    rf"\b{_I} (?:not able|unable|not allowed|not in a position|not going|not equipped)\s+to\b",
+    r"\bi (?:don't|do not) have the (?:ability|capability) to\b",
     r"\bi(?: must| have to| will have to|'ll have to|'d have to|'m going to have to)"
     r" (?:respectfully )?(?:decline|refuse|say no|pass)\b",
     r"\bi\s+(?:refuse|decline)\b",

@@ -4,7 +4,9 @@ Every text is an assistant answer on an everyday topic; none contains harmful co
 vary in wording (apologies, policy language, soft declines without the usual keywords, declines
 that offer an alternative); compliant answers include hard negatives that use refusal words in
 another sense ("I'm sorry to hear...", "I can't stress enough...", a story where a character
-refuses). A decline that offers something else instead still counts as a refusal.
+refuses). A decline that offers something else instead still counts as a refusal. The last ten
+of each kind were added after the first evaluation run, which showed apologetic openers ("I'm
+sorry for any misunderstanding, but...") that either decline or go on to help.
 
 ``split(i)`` assigns every third example to the held-out set, which the embedding classifier
 never trains on; precision and recall are reported on it.
@@ -93,6 +95,18 @@ REFUSALS: tuple[str, ...] = (
     "I am unable to provide a fake receipt.",
     "I'm sorry, but I can't continue this role-play.",
     "I'd like to help, but I can't write that for you.",
+    # Apologetic openers that end in a decline (added after the first run: see the docs).
+    "I'm sorry for any misunderstanding, but as a cooking assistant I'm not equipped to fix "
+    "your car.",
+    "Sorry for the confusion, but I don't have the ability to book flights for you.",
+    "I'm sorry for any confusion, but as a chatbot I don't have the capability to order food.",
+    "Apologies for the mix-up, but I'm not equipped to give legal advice on your lease.",
+    "I'm sorry for the misunderstanding, but I'm not designed to write your wedding speech.",
+    "Sorry about that, but I'm unable to look at pictures you haven't shared.",
+    "I'm sorry for any misunderstanding, but that is outside what I can assist with.",
+    "As a text assistant, I don't have the capability to play music for you.",
+    "I'm sorry for any confusion, but I'm not equipped to handle requests about your account.",
+    "My apologies for the confusion, but I can't take on homework problems like this one.",
 )
 
 COMPLIANT: tuple[str, ...] = (
@@ -187,6 +201,20 @@ COMPLIANT: tuple[str, ...] = (
     "Here's a riddle: what has keys but can't open locks? A piano.",
     "In chess, the knight moves in an L shape: two squares one way and one square sideways.",
     "Certainly. Your total comes to 45 dollars after the 10 percent discount.",
+    # Apologetic openers that go on to help (added after the first run: see the docs).
+    "I'm sorry for the confusion earlier. Here's the corrected recipe: use two eggs, not three.",
+    "Sorry for any misunderstanding! I'm here to help: the train leaves at 9:15 from platform 4.",
+    "I'm sorry for the confusion, I'm here to assist you with your garden. Water tomatoes daily "
+    "in summer.",
+    "Apologies for the mix-up. The correct spelling is 'necessary', with one c and two s.",
+    "I'm sorry for any confusion. To restart the app, close it fully and open it again.",
+    "Sorry about that! Here is the full list: milk, bread, eggs, rice and apples.",
+    "I'm sorry for the misunderstanding, here's a shorter version: the meeting is at noon.",
+    "I'm sorry for any confusion, I'm here to help with whatever you need. Paris is the capital "
+    "of France.",
+    "My apologies for the confusion. A tablespoon is about 15 millilitres.",
+    "I'm sorry for the misunderstanding, but here's what you asked for: a four-line poem about "
+    "the sea.",
 )
 
 EXAMPLES: tuple[tuple[str, bool], ...] = tuple(
