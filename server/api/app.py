@@ -66,7 +66,7 @@ def create_app(
 
         rewards = RewardModels(home, Path(model_path))
     app.state.generation = GenerationService(engine, presets, metrics, rewards)
-    if home is not None and hasattr(engine, "table"):
+    if home is not None and hasattr(type(engine), "table"):  # engines that can deploy
         from server.deploy_service import DeploymentService
 
         app.state.deployments = DeploymentService(engine, home, metrics)
