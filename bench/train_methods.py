@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 dataset = upload(client, data / file, fmt)
                 body = {"method": method, "dataset": dataset, **extra,
                         "hyperparameters": {"max_steps": args.steps, "batch_size": 2,
+                                            "max_length": 256, "max_prompt_length": 128,
                                             "learning_rate": 5e-5, "checkpoint_every": 10}}
                 started = time.monotonic()
                 r = client.post("/admin/v1/jobs", json=body)
@@ -159,6 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     args.home = args.home.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.plots:
         args.plots.mkdir(parents=True, exist_ok=True)
     results = run(args)
