@@ -142,7 +142,7 @@ def test_end_to_end_job_through_the_api(
     assert got["status"] == "succeeded" and got["checkpoint_id"]
     checkpoints = client.get("/admin/v1/checkpoints").json()["data"]
     assert [c["id"] for c in checkpoints] == [got["checkpoint_id"]]
-    assert checkpoints[0]["deploy"] == {"name": "tiny-dpo"}
+    assert checkpoints[0]["deploy"] == {"name": "tiny-dpo", "mode": None}
     assert Path(checkpoints[0]["path"], "adapter_config.json").is_file()
     metrics = client.get(f"/admin/v1/jobs/{job['id']}/metrics").json()["data"]
     assert [m["step"] for m in metrics] == [1, 2]
