@@ -27,6 +27,7 @@ PerRow = float | Tensor
 """A hyper-parameter given once (float) or per row (``(B,)`` tensor)."""
 
 _MIN_TEMPERATURE = 1e-5
+_NUCLEUS_TOPK = 256
 
 
 def _per_row(value: PerRow, like: Tensor, name: str) -> PerRow:
@@ -65,12 +66,31 @@ def nucleus_mask(probs: Tensor, top_p: PerRow) -> Tensor:
     if not isinstance(top_p, Tensor) and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     p = _per_row(top_p, probs, "top_p")
-    sorted_probs, order = probs.sort(dim=-1, descending=True)  # (B, V)
+    # Fast path: the nucleus almost always lies within the few most likely tokens, so a top-k
+    # pass replaces the full sort of the vocabulary (the serving hot path: once per engine step).
+    # The partial sums are the same as the full sort's; rows whose top-k mass stays below top_p
+    # (or top_p >= 1) take the full sort.
+    k = min(probs.shape[-1], _NUCLEUS_TOPK)
+    top_probs, top_order = probs.topk(k, dim=-1)  # (B, k), descending
+    keep_top = _keep_prefix(top_probs, p)
+    covered = (top_probs.sum(dim=-1, keepdim=True) >= p) & (p < 1.0)  # (B, 1)
+    mask = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, top_order, keep_top & covered)
+    rest = ~covered.squeeze(-1)
+    if bool(rest.any()):
+        rows_p = p[rest] if isinstance(p, Tensor) and p.dim() == 2 else p
+        sorted_probs, order = probs[rest].sort(dim=-1, descending=True)  # (R, V)
+        keep_sorted = _keep_prefix(sorted_probs, rows_p)
+        mask[rest] = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return mask
+
+
+def _keep_prefix(sorted_probs: Tensor, p: PerRow) -> Tensor:
+    """Kept positions of descending ``(B, n)`` probabilities: mass before ``< p``; top-1 always."""
     cumulative = sorted_probs.cumsum(dim=-1)
     mass_before = torch.cat([torch.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], dim=-1)
-    keep_sorted = (mass_before < p) | (p >= 1.0)
-    keep_sorted[:, 0] = True  # min_topk = 1
-    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    keep = (mass_before < p) | (p >= 1.0)
+    keep[:, 0] = True  # min_topk = 1
+    return keep
 
 
 def combine_logits(z_p: Tensor, z_0: Tensor, alpha: PerRow) -> Tensor:
@@ -111,18 +131,56 @@ def linear_alignment_logits(
         raise ValueError(f"z_0 {tuple(z_0.shape)} must match z_p {tuple(z_p.shape)}")
     if not isinstance(nucleus_temperature, Tensor) and not nucleus_temperature > 0:
         raise ValueError(f"nucleus_temperature must be > 0, got {nucleus_temperature}")
+    if not isinstance(nucleus_top_p, Tensor) and not 0.0 < nucleus_top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {nucleus_top_p}")
     dtype = torch.promote_types(z_p.dtype, torch.float32)
     z_p, z_0 = z_p.to(dtype), z_0.to(dtype)
     temperature = _per_row(nucleus_temperature, z_p, "nucleus_temperature")
     if isinstance(temperature, Tensor):
         temperature = temperature.clamp_min(_MIN_TEMPERATURE)
-    keep = nucleus_mask(torch.softmax(z_p / temperature, dim=-1), nucleus_top_p)  # (B, V)
-    # Clamp so that z / T stays finite for any T >= 1e-5: a huge α (or -inf - -inf = NaN, or a
-    # finite z_p over z_0 = -inf) can then neither overflow softmax nor empty the nucleus.
+    probs = torch.softmax(z_p / temperature, dim=-1)  # (B, V)
+    top_p = _per_row(nucleus_top_p, z_p, "nucleus_top_p")
+    # Fast path (the serving hot path, once per engine step): the nucleus lies within the top-k
+    # tokens of almost every row, so the rule is evaluated on those k columns only and the rest
+    # of the row is -inf. Same numbers as the full computation on every kept token.
+    k = min(z_p.shape[-1], _NUCLEUS_TOPK)
+    top_probs, top_order = probs.topk(k, dim=-1)  # (B, k), descending
+    keep = _keep_prefix(top_probs, top_p)
+    z_top = _bounded(
+        combine_logits(z_p.gather(-1, top_order), z_0.gather(-1, top_order), alpha), dtype
+    )
+    out = torch.full_like(z_p, float("-inf")).scatter(
+        -1, top_order, z_top.masked_fill(~keep, float("-inf"))
+    )
+    covered = (top_probs.sum(dim=-1) >= _rows(top_p, z_p)) & (_rows(top_p, z_p) < 1.0)  # (B,)
+    rest = ~covered
+    if bool(rest.any()):  # flat rows or top_p = 1: the full vocabulary
+        keep_full = nucleus_mask(probs[rest], _subset(nucleus_top_p, rest))
+        z_la = _bounded(combine_logits(z_p[rest], z_0[rest], _subset(alpha, rest)), dtype)
+        banned = ~keep_full | (z_p[rest] == float("-inf"))  # banned with the principle too
+        out[rest] = z_la.masked_fill(banned, float("-inf"))
+    return out  # (B, V); the nucleus is never empty
+
+
+def _bounded(z_la: Tensor, dtype: torch.dtype) -> Tensor:
+    """Clamp so that z / T stays finite for any T >= 1e-5: a huge alpha (or -inf - -inf = NaN,
+    or a finite z_p over z_0 = -inf) can then neither overflow softmax nor empty the nucleus."""
     bound = torch.finfo(dtype).max * _MIN_TEMPERATURE / 2  # / 2: headroom for rounding
-    z_la = combine_logits(z_p, z_0, alpha).nan_to_num(nan=float("-inf")).clamp(-bound, bound)
-    banned = ~keep | (z_p == float("-inf"))  # outside the nucleus, or banned with the principle
-    return z_la.masked_fill(banned, float("-inf"))  # (B, V); the nucleus is never empty
+    return z_la.nan_to_num(nan=float("-inf")).clamp(-bound, bound)
+
+
+def _rows(value: PerRow, like: Tensor) -> Tensor:
+    """A per-row value as a ``(B,)`` tensor."""
+    if isinstance(value, Tensor):
+        return value.reshape(-1).expand(like.shape[0]) if value.numel() == 1 else value.reshape(-1)
+    return torch.full((like.shape[0],), float(value), dtype=like.dtype, device=like.device)
+
+
+def _subset(value: PerRow, rows: Tensor) -> PerRow:
+    """The values of ``rows`` of a ``(B,)`` hyper-parameter (floats and scalars pass through)."""
+    if isinstance(value, Tensor) and value.dim() == 1:
+        return value[rows]
+    return value
 
 
 def greedy(logits: Tensor) -> Tensor:

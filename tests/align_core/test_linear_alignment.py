@@ -179,3 +179,26 @@ def test_half_precision_inputs_and_validation() -> None:
         linear_alignment_logits(Z_P, Z_0, 2.0, 0.8, 0.0)
     with pytest.raises(ValueError):
         linear_alignment_logits(Z_P, Z_0[:, :2], 2.0)
+
+
+def _nucleus_by_full_sort(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """The authors' rule with a full sort, as the reference for the top-k fast path."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    cumulative = sorted_probs.cumsum(dim=-1)
+    before = torch.cat([torch.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], dim=-1)
+    keep = (before < top_p[:, None]) | (top_p[:, None] >= 1.0)
+    keep[:, 0] = True
+    return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+def test_topk_fast_path_equals_full_sort_on_large_vocabularies() -> None:
+    """Peaked rows (nucleus inside the top 256), flat rows (nucleus beyond it) and top_p = 1."""
+    gen = torch.Generator().manual_seed(0)
+    peaked = torch.randn(6, 5000, generator=gen) * 6.0
+    flat = torch.randn(4, 5000, generator=gen) * 0.1
+    probs = torch.softmax(torch.cat([peaked, flat]), dim=-1)
+    top_p = torch.tensor([0.8, 0.5, 0.95, 1.0, 0.01, 0.99, 0.8, 0.9, 1.0, 0.3])
+    assert torch.equal(nucleus_mask(probs, top_p), _nucleus_by_full_sort(probs, top_p))
+    for p in (0.8, 1.0):
+        full = _nucleus_by_full_sort(probs, torch.full((10,), p))
+        assert torch.equal(nucleus_mask(probs, p), full)
