@@ -142,8 +142,8 @@ def summarize(result: dict[str, Any]) -> str:
         if not ev:
             continue
         lat = [e["wall_s"] for e in ev]
-        mean_ratio = [e["mean_rate_ratio"] for e in ev if e["mean_rate_ratio"] is not None]
-        min_ratio = [e["min_rate_ratio"] for e in ev if e["min_rate_ratio"] is not None]
+        mean_ratio = [e["mean_rate_ratio"] for e in ev if e["mean_rate_ratio"] is not None] or [0.0]
+        min_ratio = [e["min_rate_ratio"] for e in ev if e["min_rate_ratio"] is not None] or [0.0]
         lines.append(
             f"| {mode} | {len(ev)} | {statistics.median(lat):.2f} | {max(lat):.2f} | "
             f"{statistics.median(mean_ratio):.2f} | {min(min_ratio):.2f} |"
