@@ -104,6 +104,7 @@ async def run(url: str, swaps: int, baseline_s: float) -> dict[str, Any]:
                         "status": r.status_code,
                         "wall_s": ended - started,
                         "engine_s": body.get("swap_seconds"),
+                        "phases": body.get("phases") or {},
                         "start": started,
                         "end": ended,
                     }
@@ -123,34 +124,59 @@ async def run(url: str, swaps: int, baseline_s: float) -> dict[str, Any]:
         for line in metrics.splitlines()
         if line.startswith("alignserve_requests_aborted_by_swap_total")
     ]
+    steps = _metric(metrics, "alignserve_engine_steps_total")
+    step_seconds = _metric(metrics, "alignserve_engine_step_seconds_total")
     return {
+        "tokens_streamed": len(stamps),
+        "mean_step_s": step_seconds / steps if steps else None,
         "baseline_tokens_per_s": baseline,
+        "tokens_per_s": bins,
+        "events_relative_s": [(e["start"] - t0, e["end"] - t0) for e in events],
         "events": events,
         "failures": len(failures),
         "aborted_metric": aborted,
     }
 
 
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
 def summarize(result: dict[str, Any]) -> str:
     lines = [
-        "| mode | swaps | median latency (s) | max latency (s) "
+        "| mode | swaps | median latency (s) | max latency (s) | median phases (s) "
         "| median in-swap rate / baseline | min 1-s rate / baseline |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for mode in ("adapter", "full"):
         ev = [e for e in result["events"] if e["mode"] == mode and e["status"] == 201]
         if not ev:
             continue
         lat = [e["wall_s"] for e in ev]
-        mean_ratio = [e["mean_rate_ratio"] for e in ev if e["mean_rate_ratio"] is not None] or [0.0]
-        min_ratio = [e["min_rate_ratio"] for e in ev if e["min_rate_ratio"] is not None] or [0.0]
-        lines.append(
-            f"| {mode} | {len(ev)} | {statistics.median(lat):.2f} | {max(lat):.2f} | "
-            f"{statistics.median(mean_ratio):.2f} | {min(min_ratio):.2f} |"
+        names = list(ev[0]["phases"])
+        phases = ", ".join(
+            f"{n.removesuffix('_s')} {_median([e['phases'][n] for e in ev if n in e['phases']])}"
+            for n in names
         )
+        mean_ratio = [e["mean_rate_ratio"] for e in ev if e["mean_rate_ratio"] is not None]
+        min_ratio = [e["min_rate_ratio"] for e in ev if e["min_rate_ratio"] is not None]
+        lines.append(
+            f"| {mode} | {len(ev)} | {_median(lat)} | {max(lat):.2f} | {phases} | "
+            f"{_median(mean_ratio)} | {f'{min(min_ratio):.2f}' if min_ratio else '-'} |"
+        )
+    step = result["mean_step_s"]
     lines.append(
-        f"\nBaseline: {result['baseline_tokens_per_s']:.0f} streamed tokens/s with 16 clients; "
-        f"failed requests: {result['failures']}; {result['aborted_metric']}"
+        f"\nBaseline: {result['baseline_tokens_per_s']:.0f} streamed tokens/s with 16 clients "
+        f"({result['tokens_streamed']} tokens in all; mean engine step "
+        f"{f'{step * 1000:.0f} ms' if step else '-'}); failed requests: {result['failures']}; "
+        f"{result['aborted_metric']}"
     )
     return "\n".join(lines)
 

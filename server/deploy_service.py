@@ -38,6 +38,7 @@ class DeploymentRecord:
     reason: str | None
     created_at: float
     swap_seconds: float | None = None
+    phases: dict[str, float] | None = None  # seconds per phase: verify, load/drain, smoke, ...
 
     @property
     def label(self) -> str:
@@ -67,14 +68,14 @@ class DeploymentService:
             try:
                 checked = time.monotonic()
                 weights = await asyncio.to_thread(self._verified_weights, folder, mode)
-                logger.info(
-                    "checkpoint %s verified in %.2f s", checkpoint, time.monotonic() - checked
-                )
+                verified = time.monotonic()
+                logger.info("checkpoint %s verified in %.2f s", checkpoint, verified - checked)
                 result = await vllm_deploy.deploy(self.engine, name, weights, mode, self._smoke())
             except Exception as exc:
                 return self._failed(record, exc)
             record.version = int(result.label.rsplit("@", 1)[1])
             record.status, record.swap_seconds = "live", result.seconds
+            record.phases = {"verify_s": verified - checked, **result.phases}
             self._retire_others(record)
             self._observe(mode, "ok", result.seconds)
             self._save()
@@ -103,7 +104,12 @@ class DeploymentService:
             live.status, target.status = "rolled_back", "live"
             self._observe(target.mode, "ok", result.seconds)
             self._save()
-            return {**asdict(target), "label": target.label, "swap_seconds": result.seconds}
+            return {
+                **asdict(target),
+                "label": target.label,
+                "swap_seconds": result.seconds,
+                "phases": result.phases,
+            }
 
     async def delete(self, name: str) -> None:
         async with self._lock:

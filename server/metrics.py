@@ -58,6 +58,14 @@ class Metrics:
             "token.",
             registry=self.registry,
         )
+        self.engine_steps = Gauge(
+            "alignserve_engine_steps_total", "Engine steps run.", registry=self.registry
+        )
+        self.engine_step_seconds = Gauge(
+            "alignserve_engine_step_seconds_total",
+            "Wall time spent in engine steps (divide by the step count for the mean step time).",
+            registry=self.registry,
+        )
         self.swaps = Counter(
             "alignserve_swaps_total",
             "Deployment swaps by outcome.",
@@ -90,4 +98,6 @@ class Metrics:
             self.queue_depth.set(stats.waiting)
             self.running.set(stats.running)
             self.pair_restarts.set(stats.extra.get("pair_restarts", 0.0))
+            self.engine_steps.set(stats.extra.get("steps", 0.0))
+            self.engine_step_seconds.set(stats.extra.get("step_seconds", 0.0))
         return generate_latest(self.registry)

@@ -24,7 +24,10 @@ logger = logging.getLogger(__name__)
 
 
 def submit(engine: VLLMEngine, job: Job) -> None:
-    engine._pending.append(job)
+    if job.request.allow_staged:  # a deployment's smoke test: the swap waits on it
+        engine._pending.appendleft(job)
+    else:
+        engine._pending.append(job)
     admit(engine)
 
 
@@ -153,6 +156,7 @@ def step_once(engine: VLLMEngine) -> None:
     book.logprob_rows.clear()
     for job, items in deltas.items():
         if items:
+            job.completion_tokens += sum(len(d.token_ids) for d in items)
             job.stream.push(items)
         if job.open_choices == 0 and not job.done:
             _finish_job(engine, job)
@@ -249,6 +253,8 @@ def abort_job(engine: VLLMEngine, job: Job) -> None:
     if job in engine._pending:
         engine._pending.remove(job)
         job.done = True
+        if job.on_finish is not None:
+            job.on_finish(job)
         return
     if job.done:
         return
@@ -275,3 +281,5 @@ def _finish_job(engine: VLLMEngine, job: Job) -> None:
         if job.version is not None:
             job.version.inflight -= 1
             unload_if_idle(engine, job.version)
+        if job.on_finish is not None:
+            job.on_finish(job)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.engine.deployments import ModelVersion
@@ -34,6 +35,8 @@ class Job:
     done: bool = False
     version: ModelVersion | None = None  # bound at admission, kept to the last token
     version_label: str = ""
+    completion_tokens: int = 0
+    on_finish: Callable[[Job], None] | None = None  # run on the engine thread when it ends
 
     @property
     def aligned(self) -> bool:

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SMOKE_TOKENS = 2  # prefill and one decode step: enough to prove the weights run
+# One token is a whole forward pass (prefill) through the new weights and the sampler: enough to
+# prove they load and run, at the cost of a single engine step while clients are waiting.
+SMOKE_TOKENS = 1
 
 
 def lora_request(version: ModelVersion) -> Any:
@@ -50,18 +52,24 @@ def reload_weights(engine: VLLMEngine, version: ModelVersion) -> None:
     engine.table.weights = version
 
 
-def full_swap(engine: VLLMEngine, version: ModelVersion, smoke_prompt: list[int]) -> float:
-    """Reload to ``version``, smoke-test it, and restore the previous weights on any failure."""
+def full_swap(
+    engine: VLLMEngine, version: ModelVersion, smoke_prompt: list[int]
+) -> dict[str, float]:
+    """Reload to ``version``, smoke-test it, and restore the previous weights on any failure.
+
+    Returns the seconds of each phase (``reload_s``, ``smoke_s``).
+    """
     previous = engine.table.weights
     started = time.monotonic()
     try:
         reload_weights(engine, version)
+        reloaded = time.monotonic()
         smoke_sync(engine, smoke_prompt)
     except Exception:
         logger.exception("full swap to %s failed; restoring %s", version.label, previous.label)
         reload_weights(engine, previous)
         raise
-    return time.monotonic() - started
+    return {"reload_s": reloaded - started, "smoke_s": time.monotonic() - reloaded}
 
 
 def smoke_sync(engine: VLLMEngine, prompt_ids: list[int], lora: Any = None) -> list[int]:

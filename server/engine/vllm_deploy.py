@@ -6,14 +6,18 @@ request is active (``call_drained``). Adapters load next to running requests.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server.engine.deployments import Mode, ModelVersion
+from server.engine.engine_loop import submit
+from server.engine.engine_state import Job, Stream
 from server.engine.swap import SMOKE_TOKENS, full_swap, load_adapter, reload_weights, unload_if_idle
 from server.engine.types import GenerationRequest, SamplingOptions
 
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
     from server.engine.vllm_engine import VLLMEngine
 
 logger = logging.getLogger(__name__)
+SMOKE_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class SwapResult:
     label: str
     previous: str | None
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the swap
 
 
 async def deploy(
@@ -35,11 +41,13 @@ async def deploy(
 ) -> SwapResult:
     started = time.monotonic()
     if mode == "full":
+        phases: dict[str, float] = {}
 
         def swap_full(e: VLLMEngine) -> str | None:
+            phases["drain_s"] = time.monotonic() - started
             version = e.table.new_version(name, "full", path, int(time.time()))
             try:
-                full_swap(e, version, smoke_prompt)
+                phases.update(full_swap(e, version, smoke_prompt))
             except Exception:
                 version.state = "failed"
                 raise
@@ -47,34 +55,27 @@ async def deploy(
             return previous.label if previous is not None else None
 
         previous = await engine.call_drained(swap_full)
-        return SwapResult(
-            f"{name}@{engine.table.aliases[name].version}", previous, time.monotonic() - started
-        )
+        label = f"{name}@{engine.table.aliases[name].version}"
+        logger.info("full %s: %s", label, _phases_text(phases))
+        return SwapResult(label, previous, time.monotonic() - started, phases)
 
-    def stage(e: VLLMEngine) -> ModelVersion:
+    phases = {}
+
+    def stage(e: VLLMEngine, live: Gate) -> None:
+        phases["queued_s"] = time.monotonic() - started  # the step in progress finishing
         version = e.table.new_version(name, "adapter", path, int(time.time()))
         try:
             load_adapter(e, version)
         except Exception:
             version.state = "failed"
             raise
-        return version
+        phases["load_s"] = time.monotonic() - started - phases["queued_s"]
+        _smoke_then_live(e, version, smoke_prompt, live, on_fail=_fail)
 
-    version = await engine.call(lambda _: stage(engine))
-    staged = time.monotonic()
-    try:
-        await smoke(engine, version.label, smoke_prompt)
-    except Exception:
-        await engine.call(lambda _: _fail(engine, version))
-        raise
-    previous = await engine.call(lambda _: _go_live(engine, version))
-    logger.info(
-        "adapter %s: load %.3f s, smoke %.3f s",
-        version.label,
-        staged - started,
-        time.monotonic() - staged,
-    )
-    return SwapResult(version.label, previous, time.monotonic() - started)
+    label, previous = await _gated(engine, stage)
+    phases["smoke_s"] = time.monotonic() - started - phases["queued_s"] - phases["load_s"]
+    logger.info("adapter %s: %s", label, _phases_text(phases))
+    return SwapResult(label, previous, time.monotonic() - started, phases)
 
 
 async def activate(engine: VLLMEngine, label: str, smoke_prompt: list[int]) -> SwapResult:
@@ -90,22 +91,21 @@ async def activate(engine: VLLMEngine, label: str, smoke_prompt: list[int]) -> S
         previous = await engine.call_drained(swap_back)
     else:
 
-        def reload(e: VLLMEngine) -> None:
+        def back_to_retired(e: VLLMEngine, v: ModelVersion) -> None:
+            v.state = "retired"
+            unload_if_idle(e, v)
+
+        def reload(e: VLLMEngine, live: Gate) -> None:
             version.state = "staged"  # staged versions are never unloaded under us
-            if not version.loaded:
-                load_adapter(e, version)
+            try:
+                if not version.loaded:
+                    load_adapter(e, version)
+            except Exception:
+                back_to_retired(e, version)
+                raise
+            _smoke_then_live(e, version, smoke_prompt, live, on_fail=back_to_retired)
 
-        def back_to_retired(e: VLLMEngine) -> None:
-            version.state = "retired"
-            unload_if_idle(e, version)
-
-        await engine.call(lambda _: reload(engine))
-        try:
-            await smoke(engine, label, smoke_prompt)
-        except Exception:
-            await engine.call(lambda _: back_to_retired(engine))
-            raise
-        previous = await engine.call(lambda _: _go_live(engine, version))
+        _, previous = await _gated(engine, reload)
     return SwapResult(label, previous, time.monotonic() - started)
 
 
@@ -125,20 +125,64 @@ async def undeploy(engine: VLLMEngine, name: str) -> None:
         await engine.call(lambda _: _retire(engine, name))
 
 
-async def smoke(engine: VLLMEngine, label: str, prompt: list[int]) -> None:
-    """A short greedy generation on ``label`` through the normal request path."""
+class Gate:
+    """Settles, from the engine thread, the coroutine waiting for a version to go live."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.future: asyncio.Future[tuple[str, str | None]] = loop.create_future()
+
+    def settle(self, result: tuple[str, str | None] | None, error: BaseException | None) -> None:
+        def apply() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)  # type: ignore[arg-type]
+
+        self.loop.call_soon_threadsafe(apply)
+
+
+async def _gated(
+    engine: VLLMEngine, stage: Callable[[VLLMEngine, Gate], None]
+) -> tuple[str, str | None]:
+    """Run ``stage`` on the engine thread and wait until its smoke test put the version live."""
+    live = Gate(asyncio.get_running_loop())
+    await engine.call(lambda _: stage(engine, live))
+    return await asyncio.wait_for(live.future, SMOKE_TIMEOUT_S)
+
+
+def _smoke_then_live(
+    engine: VLLMEngine,
+    version: ModelVersion,
+    prompt: list[int],
+    live: Gate,
+    on_fail: Callable[[VLLMEngine, ModelVersion], None],
+) -> None:
+    """Engine thread: admit a short greedy generation on ``version`` ahead of the queue and,
+    the moment it ends, put the version live (or fail it) without leaving the engine thread,
+    so the swap costs one engine step rather than a round trip per phase."""
+
+    def finished(job: Job) -> None:
+        if job.completion_tokens == 0:
+            on_fail(engine, version)
+            live.settle(None, RuntimeError(f"smoke generation on {version.label} failed"))
+        else:
+            live.settle((version.label, _go_live(engine, version)), None)
+
     request = GenerationRequest(
         request_id=f"smoke-{uuid.uuid4().hex[:8]}",
-        model=label,
+        model=version.label,
         prompt_ids=tuple(prompt),
         sampling=SamplingOptions(max_tokens=SMOKE_TOKENS, temperature=0.0),
         allow_staged=True,
     )
-    tokens = 0
-    async for batch in engine.generate(request):
-        tokens += sum(len(d.token_ids) for d in batch)
-    if tokens == 0:
-        raise RuntimeError(f"smoke generation on {label} produced no tokens")
+    submit(engine, Job(request, Stream(live.loop), on_finish=finished))
+
+
+def _phases_text(phases: dict[str, float]) -> str:
+    return ", ".join(f"{k.removesuffix('_s')} {v:.3f} s" for k, v in phases.items())
 
 
 def _go_live(engine: VLLMEngine, version: ModelVersion) -> str | None:
@@ -149,7 +193,7 @@ def _go_live(engine: VLLMEngine, version: ModelVersion) -> str | None:
     return None
 
 
-def _fail(engine: VLLMEngine, version: ModelVersion) -> None:
+def _fail(engine: VLLMEngine, version: ModelVersion) -> None:  # engine thread
     version.state = "failed"
     unload_if_idle(engine, version)
 

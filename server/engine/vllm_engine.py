@@ -113,6 +113,8 @@ class VLLMEngine:
         self._dead: BaseException | None = None
         self._stopping = False
         self.pair_restarts = 0
+        self.steps = 0
+        self.step_seconds = 0.0  # summed wall time of engine steps, for /metrics
         self.max_pair_restarts = MAX_PAIR_RESTARTS
         self.created = int(time.time())
 
@@ -189,7 +191,11 @@ class VLLMEngine:
         return EngineStats(
             running=active,
             waiting=len(self._pending),
-            extra={"pair_restarts": float(self.pair_restarts)},
+            extra={
+                "pair_restarts": float(self.pair_restarts),
+                "steps": float(self.steps),
+                "step_seconds": self.step_seconds,
+            },
         )
 
     # -- helpers used by engine_loop on the engine thread ---------------------------------
@@ -305,6 +311,7 @@ class VLLMEngine:
                     self._run_command(more)
             self._run_swaps_if_drained()
             if self._engine.has_unfinished_requests():
+                began = time.monotonic()
                 try:
                     step_once(self)
                 except BaseException as exc:
@@ -312,6 +319,8 @@ class VLLMEngine:
                     self._dead = exc
                     self._fail_all(EngineError("the engine failed; see the server log"))
                     return
+                self.steps += 1
+                self.step_seconds += time.monotonic() - began
 
     def _run_command(self, command: Callable[[], None]) -> None:
         try:

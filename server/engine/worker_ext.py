@@ -8,9 +8,19 @@ re-dispatched here; the prefix cache is reset by the engine after every swap.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import torch
+
+from server.engine import cpu_lora_ops
+
+logger = logging.getLogger(__name__)
+
+# vLLM imports this module inside the worker process (whatever the process layout), so this is
+# the one place that reaches the worker's LoRA ops before its first step.
+if not torch.cuda.is_available() and cpu_lora_ops.install():
+    logger.info("grouped CPU LoRA ops installed")
 
 
 class WeightSwapExtension:
