@@ -31,7 +31,12 @@ from align_core.linear_alignment import (
     nucleus_mask,
     sample,
 )
-from align_core.logprobs import IGNORE_INDEX, per_token_logps, sequence_logps
+from align_core.logprobs import (
+    IGNORE_INDEX,
+    packed_sequence_logps,
+    per_token_logps,
+    sequence_logps,
+)
 from align_core.pair_losses import PAIR_LOSSES, PairLoss
 from align_core.pointwise import (
     POINTWISE_LOSSES,
@@ -100,6 +105,7 @@ __all__ = [
     "mean_weights",
     "next_token",
     "nucleus_mask",
+    "packed_sequence_logps",
     "per_token_logps",
     "pointwise_dpo_continuous_losses",
     "pointwise_dpo_losses",

@@ -86,3 +86,42 @@ def sequence_logps(
     if not average:
         return total
     return total / mask.sum(-1).clamp_min(1).to(total.dtype)
+
+
+def packed_sequence_logps(
+    logits: Tensor,
+    targets: Tensor,
+    sequence: Tensor,
+    num_sequences: int,
+    *,
+    average: bool = False,
+) -> Tensor:
+    """``sequence_logps`` from logits computed only where they score a completion token.
+
+    Same value as :func:`sequence_logps` (ALGORITHMS.md §0) when row ``n`` holds the logits at
+    the position ``t-1`` of completion token ``t``: a trainer that runs the LM head on those
+    positions only (not on the prompt or the padding) gets the same log-probs for less work.
+
+    Args:
+        logits: ``(N, V)`` logits at the ``N`` scoring positions of all sequences.
+        targets: ``(N,)`` the completion token each row scores.
+        sequence: ``(N,)`` the sequence (``0 .. num_sequences-1``) each row belongs to.
+        num_sequences: ``B``; a sequence with no row gets 0.
+        average: per-token mean instead of the sum (ULMA).
+
+    Returns:
+        ``(B,)`` fp32 log-probabilities (fp64 if ``logits`` are fp64).
+    """
+    if logits.dim() != 2 or targets.shape != logits.shape[:1] or sequence.shape != targets.shape:
+        raise ValueError(
+            f"expected logits (N, V), targets (N,) and sequence (N,), got "
+            f"{tuple(logits.shape)}, {tuple(targets.shape)} and {tuple(sequence.shape)}"
+        )
+    scores = logits.to(_compute_dtype(logits.dtype))  # (N, V)
+    token = scores.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)  # (N,)
+    token_logps = token - torch.logsumexp(scores, dim=-1)  # (N,)
+    total = token_logps.new_zeros(num_sequences).index_add(0, sequence.long(), token_logps)
+    if not average:
+        return total
+    counts = torch.bincount(sequence.long(), minlength=num_sequences).clamp_min(1)
+    return total / counts.to(total.dtype)

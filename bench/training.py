@@ -350,10 +350,10 @@ def compare_tokens(
 def forward_tokens(
     spec: DPOSpec, tokenizer: Any, records: list[dict[str, Any]], steps: range,
 ) -> dict[str, float]:
-    """Token positions each trainer runs through the model per step (padding included), on
-    average over ``steps`` (0-based). Both run the policy on the 2B [chosen; rejected] rows padded
-    to the longest; the reference runs the same 2B rows in TRL, but chosen and rejected as two
-    passes of B rows each, each padded to its own longest, in ours (``PairStage``)."""
+    """Token positions each trainer runs through the decoder per step (padding included), on
+    average over ``steps`` (0-based). TRL runs the policy and the reference on the 2B
+    [chosen; rejected] rows padded to the longest; ours runs every sequence unpadded
+    (``trainers.modeling.batch_logps``), policy and reference alike."""
     hp = spec.hyperparameters
     real = ours = trl = 0
     for step in steps:
@@ -366,7 +366,7 @@ def forward_tokens(
         rows = lengths["chosen"] + lengths["rejected"]
         policy = len(rows) * max(rows)
         real += sum(rows)
-        ours += policy + sum(len(v) * max(v) for v in lengths.values())
+        ours += 2 * sum(rows)
         trl += 2 * policy
     n = max(len(steps), 1)
     return {"real_per_pass": real / n, "alignserve": ours / n, "trl": trl / n}

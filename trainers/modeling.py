@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from align_core import sequence_logps
+from align_core import packed_sequence_logps, sequence_logps
 from trainers.specs import GenerationSpec, LoraSpec
 
 logger = logging.getLogger(__name__)
@@ -111,12 +111,58 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Tensor]:
 def batch_logps(
     model: nn.Module, items: Sequence[Encoded], pad_id: int, *, average: bool = False
 ) -> Tensor:
-    """``(B,)`` completion log-probs (sum, or per-token mean for ULMA) in one forward pass."""
+    """``(B,)`` completion log-probs (sum, or per-token mean for ULMA) in one forward pass.
+
+    Where the model is a plain decoder + linear LM head, sequences run one at a time, unpadded
+    (DPO batches mix short and long answers: padding more than doubled the tokens processed),
+    and the head (a ``V x H`` matmul and a ``V``-wide log-softmax per position, a fifth of
+    this model's forward work) runs only on the positions that score a completion token.
+    """
     batch = collate(items, pad_id)
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).logits  # (B, T, V)
-    return sequence_logps(logits, batch["input_ids"], batch["completion_mask"], average=average)
+    parts = decoder_and_head(model)
+    if parts is None:
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits  # (B, T, V)
+        return sequence_logps(
+            logits, batch["input_ids"], batch["completion_mask"], average=average
+        )
+    decoder, head = parts
+    scored, targets, rows = [], [], []
+    for row, e in enumerate(items):  # one unpadded sequence at a time: no pad-token work
+        ids = torch.tensor([e.prompt + e.completion])  # (1, L)
+        hidden = decoder(input_ids=ids).last_hidden_state[0]  # (L, H)
+        start = max(len(e.prompt), 1)  # the first scored token (token 0 has no predecessor)
+        scored.append(hidden[start - 1 : -1])  # (L - start, H): position t-1 scores token t
+        targets.append(ids[0, start:])
+        rows.append(torch.full((ids.shape[1] - start,), row))
+    logits = head(torch.cat(scored))  # (N, V)
+    return packed_sequence_logps(
+        logits, torch.cat(targets), torch.cat(rows), len(items), average=average
+    )
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """The decoder stack and LM head of a causal LM whose logits are ``head(hidden)`` exactly
+    (no logit scaling or soft-capping), LoRA layers included; None for any other model."""
+    lm = model.get_base_model() if is_adapter(model) else model  # type: ignore[operator]
+    decoder, head = getattr(lm, "model", None), getattr(lm, "lm_head", None)
+    config = getattr(lm, "config", None)
+    if not isinstance(decoder, nn.Module) or not isinstance(head, nn.Module) or config is None:
+        return None
+    if getattr(config, "final_logit_softcapping", None) is not None:
+        return None
+    if getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        return None
+    if type(lm).__name__ not in PLAIN_HEAD_MODELS:
+        return None
+    return decoder, head
+
+
+# Causal LMs whose ``forward`` computes ``logits = lm_head(decoder(...).last_hidden_state)``.
+PLAIN_HEAD_MODELS = frozenset(
+    {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align_core import IGNORE_INDEX, per_token_logps, sequence_logps
+from align_core import IGNORE_INDEX, packed_sequence_logps, per_token_logps, sequence_logps
 
 
 def test_uniform_logits_hand_value() -> None:
@@ -113,3 +113,30 @@ def test_shape_errors() -> None:
         sequence_logps(torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError):
         sequence_logps(torch.zeros(2, 4, 3), torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_packed_equals_full_sequence_logps(average: bool) -> None:
+    """Logits at the scoring positions only give the same log-probs, values and gradients."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 7, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 7), generator=g)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[0, 2:7] = True
+    mask[1, 4:6] = True  # row 2: no completion token
+    full = sequence_logps(logits, labels, mask, average=average)
+    scoring = mask[:, 1:]  # position t-1 scores token t
+    rows, cols = scoring.nonzero(as_tuple=True)
+    packed = packed_sequence_logps(
+        logits[:, :-1][scoring], labels[:, 1:][scoring], rows, 3, average=average
+    )
+    torch.testing.assert_close(packed, full)
+    assert cols.numel() == int(mask.sum())
+    (grad_full,) = torch.autograd.grad(full.sum(), logits)
+    (grad_packed,) = torch.autograd.grad(packed.sum(), logits)
+    torch.testing.assert_close(grad_packed, grad_full)
+
+
+def test_packed_shape_errors() -> None:
+    with pytest.raises(ValueError, match="expected logits"):
+        packed_sequence_logps(torch.zeros(4, 5), torch.zeros(3), torch.zeros(4), 2)
