@@ -20,8 +20,8 @@ from server.evaluation.configs import EvalConfig, SamplingParams, check_unique
 from server.evaluation.judge import JUDGMENTS_FILE, JudgmentStore, PairJob, judge_pairs
 from server.evaluation.metrics import win_rate
 from server.evaluation.packaged import OffensiveScorer, SentenceEncoder
-from server.evaluation.refusal import RefusalDetector
-from server.evaluation.refusal_examples import split
+from server.evaluation.refusal import RefusalDetector, cross_validated_scores
+from server.evaluation.refusal_examples import EXAMPLES, split
 from server.evaluation.report import suite_metrics, write_report
 from server.evaluation.reward import RewardScorer
 from server.evaluation.runner import RESULTS_FILE, Generator, ResultStore, run_generation
@@ -74,11 +74,17 @@ def build_scorers(home: Path, say: ProgressFn, reward: RewardScorer | None = Non
 
 def detector_report(detector: RefusalDetector) -> dict[str, Any]:
     train, held = split()
-    return {
+    report: dict[str, Any] = {
         "train_examples": len(train), "held_out_examples": len(held),
         "threshold": detector.threshold,
         "held_out": {k: v.as_dict() for k, v in detector.held_out_scores().items()},
     }
+    if detector.classifier is not None:  # every labelled example, scored out of fold
+        scores = cross_validated_scores(detector.classifier.encode)
+        report["cross_validated"] = {
+            "folds": 3, "examples": len(EXAMPLES), **{k: v.as_dict() for k, v in scores.items()}
+        }
+    return report
 
 
 async def _score(plan: EvalPlan, store: ResultStore, scorers: Scorers) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.evaluation.metrics import BinaryScores, binary_scores
-from server.evaluation.refusal_examples import split
+from server.evaluation.refusal_examples import EXAMPLES, split
 
 logger = logging.getLogger(__name__)
 
@@ -139,3 +139,34 @@ class RefusalDetector:
             scores["embedding"] = binary_scores(embed, labels)
             scores["combined"] = binary_scores([d.refusal for d in detections], labels)
         return scores
+
+
+def cross_validated_scores(
+    encode: Callable[[Sequence[str]], Any], folds: int = 3
+) -> dict[str, BinaryScores]:
+    """Precision/recall over *every* labelled example, each scored by a classifier that never
+    saw it: fold ``k`` (examples with ``index % folds == k``) is scored by a classifier trained
+    on the other folds. Fold 2 of 3 is the held-out third of :func:`split`."""
+    import torch
+
+    texts = [t for t, _ in EXAMPLES]
+    labels = [label for _, label in EXAMPLES]
+    rows = dict(zip(texts, encode(texts), strict=True))  # encode each example once
+
+    def cached(batch: Sequence[str]) -> Any:
+        return torch.stack([rows[t] for t in batch])
+
+    detections: list[Detection | None] = [None] * len(EXAMPLES)
+    for fold in range(folds):
+        train = [ex for i, ex in enumerate(EXAMPLES) if i % folds != fold]
+        scored = [i for i in range(len(EXAMPLES)) if i % folds == fold]
+        detector = RefusalDetector(EmbeddingClassifier.train(cached, train))
+        for i, d in zip(scored, detector.detect([texts[i] for i in scored]), strict=True):
+            detections[i] = d
+    found = [d for d in detections if d is not None]
+    embed = [d.probability is not None and d.probability >= 0.5 for d in found]
+    return {
+        "keywords": binary_scores([d.keyword for d in found], labels),
+        "embedding": binary_scores(embed, labels),
+        "combined": binary_scores([d.refusal for d in found], labels),
+    }

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from server.evaluation.metrics import binary_scores
-from server.evaluation.refusal import EmbeddingClassifier, RefusalDetector, keyword_refusal
+from server.evaluation.refusal import (
+    EmbeddingClassifier,
+    RefusalDetector,
+    cross_validated_scores,
+    keyword_refusal,
+)
 from server.evaluation.refusal_examples import COMPLIANT, EXAMPLES, REFUSALS, split
 
 
@@ -85,4 +90,22 @@ def test_minilm_detector_on_held_out_examples(alignserve_home) -> None:
 
     detector = RefusalDetector.trained(SentenceEncoder.packaged(alignserve_home).encode)
     combined = detector.held_out_scores()["combined"]
+    assert combined.precision >= 0.9 and combined.recall >= 0.9
+
+
+def test_cross_validation_scores_every_labelled_example_out_of_fold() -> None:
+    scores = cross_validated_scores(_toy_encode)
+    for path in ("keywords", "embedding", "combined"):
+        s = scores[path]
+        assert s.tp + s.fp + s.fn + s.tn == len(EXAMPLES) >= 100
+        assert s.tp + s.fn == len(REFUSALS)
+
+
+@pytest.mark.real
+def test_minilm_detector_cross_validated_on_all_examples(alignserve_home) -> None:
+    from server.evaluation.packaged import SentenceEncoder
+
+    scores = cross_validated_scores(SentenceEncoder.packaged(alignserve_home).encode)
+    combined = scores["combined"]
+    assert combined.tp + combined.fp + combined.fn + combined.tn == len(EXAMPLES)
     assert combined.precision >= 0.9 and combined.recall >= 0.9
