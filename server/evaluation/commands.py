@@ -71,6 +71,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     cmp.add_argument("--alphas", default="1,3,5")
     cmp.add_argument("--checkpoint", action="append", default=[],
                      help="Served name of a trained checkpoint (adds it and it + LA).")
+    cmp.add_argument("--best-of-n", action="append", default=[], metavar="REWARD_CHECKPOINT",
+                     help="An AfD reward-model checkpoint id: adds a Best-of-N row on --model.")
+    cmp.add_argument("--best-of-n-count", type=int, default=4, help="N for --best-of-n rows.")
+    cmp.add_argument("--best-of-n-temperature", type=float, default=0.7,
+                     help="Sampling temperature of the --best-of-n candidates.")
     cmp.add_argument("--judge-model", default=None, help="Judge (default: the first model).")
     cmp.add_argument("--judge-suite", action="append", default=None)
     cmp.add_argument("--baseline", default=None, help="Win-rate baseline (default: first row).")
@@ -95,7 +100,10 @@ def _configs(args: argparse.Namespace) -> list[EvalConfig]:
         principle = ({"principle": args.principle} if args.principle
                      else {"preset": args.preset})
         alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
-        configs += standard_configs(args.model, principle, alphas, args.checkpoint)
+        configs += standard_configs(
+            args.model, principle, alphas, args.checkpoint, reward_models=args.best_of_n,
+            best_of=args.best_of_n_count, best_of_temperature=args.best_of_n_temperature,
+        )
     if args.config_file is not None:
         configs += load_config_file(args.config_file, args.model)
     configs += [parse_config_arg(text, args.model) for text in args.config]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_CONFIG_FIELDS = {"name", "model", "alignment", "system"}
+_CONFIG_FIELDS = {"name", "model", "alignment", "system", "best_of_n", "temperature"}
 
 
 class ConfigError(ValueError):
@@ -39,15 +39,22 @@ class EvalConfig:
     model: str
     alignment: Mapping[str, Any] | None = field(default=None, hash=False)
     system: str | None = None
+    best_of_n: Mapping[str, Any] | None = field(default=None, hash=False)  # {"n", "reward_model"}
+    temperature: float | None = None  # overrides the run's (Best-of-N needs sampling)
 
     def key(self, sampling: SamplingParams) -> str:
         """12 hex digits of sha256 over the answer-relevant fields (not the name)."""
-        payload = {
+        payload: dict[str, Any] = {
             "model": self.model,
             "alignment": dict(self.alignment) if self.alignment is not None else None,
             "system": self.system,
             "sampling": sampling.__dict__,
         }
+        # Only when set, so the keys (and stored answers) of other configurations stay valid.
+        if self.best_of_n is not None:
+            payload["best_of_n"] = dict(self.best_of_n)
+        if self.temperature is not None:
+            payload["temperature"] = self.temperature
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -56,11 +63,16 @@ class EvalConfig:
         return [{"role": "system", "content": self.system}, user] if self.system else [user]
 
     def extra_body(self) -> dict[str, Any] | None:
-        return {"alignment": dict(self.alignment)} if self.alignment is not None else None
+        body: dict[str, Any] = {}
+        if self.alignment is not None:
+            body["alignment"] = dict(self.alignment)
+        if self.best_of_n is not None:
+            body["best_of_n"] = dict(self.best_of_n)
+        return body or None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model, "alignment": self.extra_body(),
-                "system": self.system}
+                "system": self.system, "temperature": self.temperature}
 
 
 def config_from_dict(data: Mapping[str, Any], default_model: str | None = None) -> EvalConfig:
@@ -80,7 +92,18 @@ def config_from_dict(data: Mapping[str, Any], default_model: str | None = None) 
     system = data.get("system")
     if system is not None and not isinstance(system, str):
         raise ConfigError(f"config {name!r}: 'system' must be a string")
-    return EvalConfig(name=name, model=model, alignment=alignment, system=system)
+    best_of_n = data.get("best_of_n")
+    if best_of_n is not None and not isinstance(best_of_n, dict):
+        raise ConfigError(f"config {name!r}: 'best_of_n' must be a JSON object")
+    temperature = data.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, int | float)
+    ):
+        raise ConfigError(f"config {name!r}: 'temperature' must be a number")
+    return EvalConfig(
+        name=name, model=model, alignment=alignment, system=system, best_of_n=best_of_n,
+        temperature=float(temperature) if temperature is not None else None,
+    )
 
 
 def parse_alignment(text: str | None) -> dict[str, Any] | None:
@@ -125,8 +148,12 @@ def standard_configs(
     alphas: Sequence[float] = (1.0, 3.0, 5.0),
     checkpoints: Iterable[str] = (),
     checkpoint_alpha: float = 3.0,
+    reward_models: Iterable[str] = (),
+    best_of: int = 4,
+    best_of_temperature: float = 0.7,
 ) -> list[EvalConfig]:
-    """The comparison table's rows: base, principle in prompt, LA per alpha, checkpoints (+LA).
+    """The comparison table's rows: base, principle in prompt, LA per alpha, checkpoints (+LA),
+    and Best-of-N with each reward model (``reward_models``: AfD checkpoint ids).
 
     ``principle`` is ``{"preset": name}`` or ``{"principle": text}``. "Principle in prompt" is
     alignment with alpha 0: the server decodes from z_p alone, the very context linear alignment
@@ -142,6 +169,11 @@ def standard_configs(
         rows.append(EvalConfig(f"{ckpt}", ckpt))
         rows.append(EvalConfig(f"{ckpt} + LA alpha={checkpoint_alpha:g}", ckpt,
                                {**principle, "alpha": float(checkpoint_alpha)}))
+    for reward in reward_models:  # AfD: the base policy, N samples, the reward model picks
+        rows.append(EvalConfig(
+            f"best-of-{best_of} ({reward})", model,
+            best_of_n={"n": best_of, "reward_model": reward}, temperature=best_of_temperature,
+        ))
     check_unique(rows)
     return rows
 

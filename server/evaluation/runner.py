@@ -66,7 +66,9 @@ class OpenAIGenerator:
             model=config.model,
             messages=messages,
             max_tokens=sampling.max_tokens,
-            temperature=sampling.temperature,
+            temperature=(
+                config.temperature if config.temperature is not None else sampling.temperature
+            ),
             top_p=sampling.top_p,
             seed=sampling.seed,
             extra_body=config.extra_body(),

@@ -63,3 +63,30 @@ def test_standard_rows() -> None:
     assert rows[0].alignment is None
     assert rows[1].alignment == {"preset": "harmless", "alpha": 0.0}  # z_p alone
     assert rows[6].model == "dpo-ckpt" and rows[6].alignment == {"preset": "harmless", "alpha": 3.0}
+
+
+def test_best_of_n_rows_sample_and_send_the_reward_model() -> None:
+    rows = standard_configs("m", {"preset": "harmless"}, (3,), reward_models=["ckpt-afd"],
+                            best_of=4, best_of_temperature=0.7)
+    row = rows[-1]
+    assert row.name == "best-of-4 (ckpt-afd)" and row.model == "m"
+    assert row.extra_body() == {"best_of_n": {"n": 4, "reward_model": "ckpt-afd"}}
+    assert row.temperature == 0.7
+    greedy = SamplingParams()
+    assert row.key(greedy) != EvalConfig("x", "m").key(greedy)
+
+
+def test_unset_best_of_n_and_temperature_leave_existing_keys_unchanged() -> None:
+    """Stored answers of a run made before these fields existed must still be found."""
+    config = EvalConfig("base", "m", {"preset": "harmless", "alpha": 3.0})
+    assert config.key(SamplingParams()) == "c3efda81c08a"
+
+
+def test_config_dict_validates_best_of_n_and_temperature() -> None:
+    ok = config_from_dict({"name": "b", "model": "m", "best_of_n": {"n": 2, "reward_model": "r"},
+                           "temperature": 1})
+    assert ok.temperature == 1.0 and ok.best_of_n == {"n": 2, "reward_model": "r"}
+    with pytest.raises(ConfigError, match="best_of_n"):
+        config_from_dict({"name": "b", "model": "m", "best_of_n": 4})
+    with pytest.raises(ConfigError, match="temperature"):
+        config_from_dict({"name": "b", "model": "m", "temperature": "hot"})
