@@ -80,7 +80,8 @@ def plot(method: str, history: list[dict[str, Any]], out: Path) -> None:
             )
     fig, ax = plt.subplots(figsize=(5, 3))
     for stage, points in stages.items():
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=stage)
+        label = f"stage {int(float(stage)) + 1}" if stage.replace(".", "").isdigit() else stage
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(f"{method} on SmolLM2-135M (CPU)")
