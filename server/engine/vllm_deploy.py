@@ -131,6 +131,7 @@ class Gate:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.future: asyncio.Future[tuple[str, str | None]] = loop.create_future()
+        self.abandoned = False  # the caller gave up waiting: the version must not go live
 
     def settle(self, result: tuple[str, str | None] | None, error: BaseException | None) -> None:
         def apply() -> None:
@@ -150,7 +151,11 @@ async def _gated(
     """Run ``stage`` on the engine thread and wait until its smoke test put the version live."""
     live = Gate(asyncio.get_running_loop())
     await engine.call(lambda _: stage(engine, live))
-    return await asyncio.wait_for(live.future, SMOKE_TIMEOUT_S)
+    try:
+        return await asyncio.wait_for(live.future, SMOKE_TIMEOUT_S)
+    except TimeoutError:
+        live.abandoned = True
+        raise RuntimeError(f"smoke generation did not finish in {SMOKE_TIMEOUT_S:.0f} s") from None
 
 
 def _smoke_then_live(
@@ -165,7 +170,7 @@ def _smoke_then_live(
     so the swap costs one engine step rather than a round trip per phase."""
 
     def finished(job: Job) -> None:
-        if job.completion_tokens == 0:
+        if live.abandoned or job.completion_tokens == 0:
             on_fail(engine, version)
             live.settle(None, RuntimeError(f"smoke generation on {version.label} failed"))
         else:
