@@ -31,19 +31,19 @@ class RewardModels:
         self._loaded: OrderedDict[str, RewardModel] = OrderedDict()
         self._lock = asyncio.Lock()
 
-    def check(self, reward_model: str) -> Path:
+    def check(self, reward_model: str, param: str = "best_of_n.reward_model") -> Path:
         """The reward model folder of checkpoint ``reward_model``; 404/400 otherwise."""
         folder = (self.checkpoints / reward_model).resolve()
         if folder.parent != self.checkpoints.resolve() or not folder.is_dir():
             raise NotFoundError(
-                f"reward model '{reward_model}' not found", param="best_of_n.reward_model"
+                f"reward model '{reward_model}' not found", param=param
             )
         found = reward_model_folder(folder)
         if found is None:
             raise InvalidRequestError(
                 f"checkpoint '{reward_model}' carries no reward model (train one with method "
                 "'afd')",
-                param="best_of_n.reward_model",
+                param=param,
             )
         return found
 
@@ -54,17 +54,27 @@ class RewardModels:
         rewards = await asyncio.to_thread(model.score, messages, completions)
         return [float(r) for r in rewards]
 
-    async def _get(self, reward_model: str) -> RewardModel:
+    async def score_pairs(
+        self, reward_model: str, pairs: Sequence[tuple[list[dict[str, str]], str]]
+    ) -> list[float]:
+        """Rewards of (conversation, completion) pairs, in order (``POST /v1/rewards``)."""
+        model = await self._get(reward_model, param="model")
+        rewards = await asyncio.to_thread(model.score_pairs, pairs)
+        return [float(r) for r in rewards]
+
+    async def _get(
+        self, reward_model: str, param: str = "best_of_n.reward_model"
+    ) -> RewardModel:
         async with self._lock:
             if reward_model in self._loaded:
                 self._loaded.move_to_end(reward_model)
                 return self._loaded[reward_model]
-            folder = self.check(reward_model)
+            folder = self.check(reward_model, param)
             bad = await asyncio.to_thread(verify_checkpoint, folder.parent)
             if bad:
                 raise InvalidRequestError(
                     f"reward model '{reward_model}' failed its checksum check: {', '.join(bad)}",
-                    param="best_of_n.reward_model",
+                    param=param,
                 )
             model = await asyncio.to_thread(RewardModel.load, folder, self.base_model)
             self._loaded[reward_model] = model

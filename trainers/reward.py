@@ -52,14 +52,22 @@ class RewardModel:
         info = json.loads((folder / "reward_model.json").read_text())
         return cls(model, tokenizer, info)
 
-    @torch.no_grad()
     def score(self, messages: Messages, completions: Sequence[str]) -> Tensor:
         """``(N,)`` rewards of ``completions`` to the same conversation."""
-        items = [
-            encode(self.tokenizer, messages, c, MAX_LENGTH, MAX_PROMPT_LENGTH) for c in completions
-        ]
-        batch = collate(items, int(self.tokenizer.pad_token_id))
-        logits: Tensor = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-        return logits.squeeze(-1).float()
+        return self.score_pairs([(messages, c) for c in completions])
+
+    @torch.no_grad()
+    def score_pairs(self, pairs: Sequence[tuple[Messages, str]], batch_size: int = 8) -> Tensor:
+        """``(N,)`` rewards of (conversation, completion) pairs, in order."""
+        out = []
+        for start in range(0, len(pairs), batch_size):
+            items = [
+                encode(self.tokenizer, m, c, MAX_LENGTH, MAX_PROMPT_LENGTH)
+                for m, c in pairs[start : start + batch_size]
+            ]
+            batch = collate(items, int(self.tokenizer.pad_token_id))
+            logits: Tensor = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            out.append(logits.squeeze(-1).float())
+        return torch.cat(out) if out else torch.zeros(0)

@@ -17,6 +17,7 @@ from server.api.admin_jobs import router as admin_jobs_router
 from server.api.errors import error_response, install_error_handlers
 from server.api.generation import GenerationService
 from server.api.openai_routes import router as openai_router
+from server.api.rewards import router as rewards_router
 from server.auth import KeyRing
 from server.engine.base import Engine
 from server.metrics import Metrics
@@ -75,6 +76,7 @@ def create_app(
     app.include_router(openai_router)
     app.include_router(admin_jobs_router)
     app.include_router(deployments_router)
+    app.include_router(rewards_router)
 
     @app.get("/health")
     async def health() -> Response:

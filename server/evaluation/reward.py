@@ -1,6 +1,6 @@
 """Optional reward-model scores from an HTTP endpoint (e.g. a deployed AfD reward model).
 
-The server has no reward-scoring route yet, so the contract is small and stated here: POST
+The server's `POST /v1/rewards` speaks this contract (see `server/api/rewards.py`): POST
 ``{"model": NAME, "inputs": [{"prompt": ..., "response": ...}, ...]}`` to the URL, answer
 ``{"scores": [float, ...]}`` in the same order. Any service that speaks it can be plugged in
 with ``--reward-url`` (and ``--reward-model``); without it the metric is simply absent.

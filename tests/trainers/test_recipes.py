@@ -147,3 +147,18 @@ def test_afd_trains_sft_then_a_reward_model(
     assert (folder / "reward_model" / "reward_model.json").is_file()
     assert "reward_model_heldout_accuracy" in _manifest(folder)["summary"]["afd"]
     _lora_changed(folder)
+    # The deployable reward model scores pairs of different conversations as it scores each.
+    from trainers.reward import RewardModel
+
+    reward = RewardModel.load(
+        folder / "reward_model", Path(_manifest(folder)["base_model"]["path"])
+    )
+    hello = [{"role": "user", "content": "Hello there"}]
+    bread = [{"role": "user", "content": "How do I bake bread?"}]
+    alone = reward.score(hello, ["Hi!", "I am fine, thank you."])
+    mixed = reward.score_pairs(
+        [(hello, "Hi!"), (bread, "Mix flour and water."), (hello, "I am fine, thank you.")],
+        batch_size=2,
+    )
+    assert mixed.shape == (3,)
+    torch.testing.assert_close(mixed[[0, 2]], alone, rtol=1e-5, atol=1e-5)

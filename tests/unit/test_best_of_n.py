@@ -91,3 +91,31 @@ def test_best_of_n_errors(setup: tuple, extra: dict, status: int, fragment: str)
     r = client.post("/v1/chat/completions", json=body(**extra))
     assert r.status_code == status
     assert fragment in r.json()["error"]["message"]
+
+
+class PairRewards(LengthRewards):
+    async def score_pairs(
+        self, reward_model: str, pairs: Sequence[tuple[list, str]]
+    ) -> list[float]:
+        self.check(reward_model)
+        return [float(len(m[-1]["content"]) + len(r)) for m, r in pairs]
+
+
+def test_rewards_route_scores_pairs_in_order() -> None:
+    app = create_app(FakeEngine(), KeyRing.build([], []))
+    app.state.generation.rewards = PairRewards()
+    with TestClient(app) as client:
+        r = client.post("/v1/rewards", json={"model": "rm-1", "inputs": [
+            {"prompt": "ab", "response": "cde"},
+            {"messages": [{"role": "user", "content": "x"}], "response": "yz"},
+        ]})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"object": "list", "model": "rm-1", "scores": [5.0, 3.0]}
+        for bad, status, fragment in [
+            ({"model": "rm-1", "inputs": []}, 400, "inputs"),
+            ({"model": "rm-1", "inputs": [{"response": "a"}]}, 400, "exactly one"),
+            ({"model": "nope", "inputs": [{"prompt": "a", "response": "b"}]}, 404, "not found"),
+        ]:
+            r = client.post("/v1/rewards", json=bad)
+            assert r.status_code == status, r.text
+            assert fragment in r.json()["error"]["message"]
