@@ -253,8 +253,7 @@ def abort_job(engine: VLLMEngine, job: Job) -> None:
     if job in engine._pending:
         engine._pending.remove(job)
         job.done = True
-        if job.on_finish is not None:
-            job.on_finish(job)
+        _on_finish(job)
         return
     if job.done:
         return
@@ -281,5 +280,14 @@ def _finish_job(engine: VLLMEngine, job: Job) -> None:
         if job.version is not None:
             job.version.inflight -= 1
             unload_if_idle(engine, job.version)
-        if job.on_finish is not None:
-            job.on_finish(job)
+        _on_finish(job)
+
+
+def _on_finish(job: Job) -> None:
+    """A job's completion hook (a deployment gate); its failure must not stop the engine."""
+    if job.on_finish is None:
+        return
+    try:
+        job.on_finish(job)
+    except Exception:
+        logger.exception("completion hook of %s failed", job.request.request_id)
