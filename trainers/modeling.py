@@ -111,16 +111,16 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Tensor]:
 def batch_logps(
     model: nn.Module, items: Sequence[Encoded], pad_id: int, *, average: bool = False
 ) -> Tensor:
-    """``(B,)`` completion log-probs (sum, or per-token mean for ULMA) in one forward pass.
+    """``(B,)`` completion log-probs (sum, or per-token mean for ULMA), with gradients.
 
     Where the model is a plain decoder + linear LM head, sequences run one at a time, unpadded
     (DPO batches mix short and long answers: padding more than doubled the tokens processed),
     and the head (a ``V x H`` matmul and a ``V``-wide log-softmax per position, a fifth of
     this model's forward work) runs only on the positions that score a completion token.
     """
-    batch = collate(items, pad_id)
     parts = decoder_and_head(model)
-    if parts is None:
+    if parts is None:  # one padded forward pass through the whole model
+        batch = collate(items, pad_id)
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).logits  # (B, T, V)
@@ -128,14 +128,15 @@ def batch_logps(
             logits, batch["input_ids"], batch["completion_mask"], average=average
         )
     decoder, head = parts
+    device = next(head.parameters()).device
     scored, targets, rows = [], [], []
     for row, e in enumerate(items):  # one unpadded sequence at a time: no pad-token work
-        ids = torch.tensor([e.prompt + e.completion])  # (1, L)
+        ids = torch.tensor([e.prompt + e.completion], device=device)  # (1, L)
         hidden = decoder(input_ids=ids).last_hidden_state[0]  # (L, H)
         start = max(len(e.prompt), 1)  # the first scored token (token 0 has no predecessor)
         scored.append(hidden[start - 1 : -1])  # (L - start, H): position t-1 scores token t
         targets.append(ids[0, start:])
-        rows.append(torch.full((ids.shape[1] - start,), row))
+        rows.append(torch.full((ids.shape[1] - start,), row, device=device))
     logits = head(torch.cat(scored))  # (N, V)
     return packed_sequence_logps(
         logits, torch.cat(targets), torch.cat(rows), len(items), average=average
