@@ -114,9 +114,10 @@ def batch_logps(
     """``(B,)`` completion log-probs (sum, or per-token mean for ULMA), with gradients.
 
     Where the model is a plain decoder + linear LM head, sequences run one at a time, unpadded
-    (DPO batches mix short and long answers: padding more than doubled the tokens processed),
-    and the head (a ``V x H`` matmul and a ``V``-wide log-softmax per position, a fifth of
-    this model's forward work) runs only on the positions that score a completion token.
+    (DPO batches mix short and long answers: a quarter of the positions were padding in the
+    benchmark's batches), and the head (a ``V x H`` matmul and a ``V``-wide log-softmax per
+    position, a fifth of this model's forward work) runs only on the positions that score a
+    completion token.
     """
     parts = decoder_and_head(model)
     if parts is None:  # one padded forward pass through the whole model
