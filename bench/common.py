@@ -14,6 +14,7 @@ timed window, because this 2-core machine is shared with other work.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -497,3 +498,38 @@ def _jsonable(obj: object) -> object:
 def default_model_dir() -> Path:
     home = Path(os.environ.get("ALIGNSERVE_HOME", REPO_ROOT / ".home"))
     return home / "models" / DEFAULT_SERVED_NAME
+
+
+def metric_value(text: str, name: str) -> float | None:
+    """The value of an unlabelled metric in a Prometheus text page, None if absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def add_load_options(parser: argparse.ArgumentParser, rounds_help: str) -> None:
+    """The options every server load benchmark takes (rounds, load shape, server, quiet wait)."""
+    parser.add_argument("--rounds", type=int, default=3, help=rounds_help)
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--warmup-requests", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="HF folder for the stock server (default: ALIGNSERVE_HOME's model).")
+    parser.add_argument("--served-name", default=DEFAULT_SERVED_NAME)
+    parser.add_argument("--ours-root", type=Path, default=REPO_ROOT,
+                        help="Checkout whose server/ is benchmarked (default: this one), e.g. a "
+                        "'git archive' export of one commit while the working tree is in flux.")
+    parser.add_argument("--max-busy", type=float, default=0.3,
+                        help="Before each round wait (up to --max-wait s) until fewer cores than "
+                        "this are busy machine-wide.")
+    parser.add_argument("--max-wait", type=float, default=120.0)
+    parser.add_argument("--output", type=Path, default=None, help="Write all figures as JSON.")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -27,6 +27,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import metric_value
 from tests.real.server_process import ServerProcess
 from tests.real.swap_checkpoints import make_adapter, make_full
 
@@ -124,8 +125,8 @@ async def run(url: str, swaps: int, baseline_s: float) -> dict[str, Any]:
         for line in metrics.splitlines()
         if line.startswith("alignserve_requests_aborted_by_swap_total")
     ]
-    steps = _metric(metrics, "alignserve_engine_steps_total")
-    step_seconds = _metric(metrics, "alignserve_engine_step_seconds_total")
+    steps = metric_value(metrics, "alignserve_engine_steps_total") or 0.0
+    step_seconds = metric_value(metrics, "alignserve_engine_step_seconds_total") or 0.0
     return {
         "tokens_streamed": len(stamps),
         "mean_step_s": step_seconds / steps if steps else None,
@@ -136,13 +137,6 @@ async def run(url: str, swaps: int, baseline_s: float) -> dict[str, Any]:
         "failures": len(failures),
         "aborted_metric": aborted,
     }
-
-
-def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 
 
 def _median(values: list[float]) -> str:

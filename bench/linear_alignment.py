@@ -27,19 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    DEFAULT_SERVED_NAME,
     PROMPTS,
-    REPO_ROOT,
     CpuWindow,
     LoadResult,
     ServerProcess,
+    add_load_options,
     default_model_dir,
     exit_on_sigterm,
     load_average,
     machine_info,
     markdown_table,
     median,
+    metric_value,
     run_load,
+    setup_logging,
     wait_for_quiet,
     write_json,
 )
@@ -210,10 +211,7 @@ def _scrape_pair_restarts(server: ServerProcess) -> float | None:
     import httpx
 
     text = httpx.get(f"{server.base_url}/metrics", timeout=10.0).text
-    for line in text.splitlines():
-        if line.startswith("alignserve_alignment_pair_restarts_total"):
-            return float(line.split()[-1])
-    return None
+    return metric_value(text, "alignserve_alignment_pair_restarts_total")
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -291,11 +289,7 @@ def report(summary: dict[str, Any], loop: dict[str, Any], info: dict[str, Any],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="Rounds of each kind.")
-    parser.add_argument("--requests", type=int, default=48)
-    parser.add_argument("--warmup-requests", type=int, default=16)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    add_load_options(parser, rounds_help="Rounds of each kind.")
     parser.add_argument("--principle", default=DEFAULT_PRINCIPLE,
                         help="Principle text, or the name of a built-in preset.")
     parser.add_argument("--alpha", type=float, default=3.0)
@@ -305,20 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="How many prompts the transformers loop runs (sequentially).")
     parser.add_argument("--hf-budget-s", type=float, default=240.0,
                         help="Stop the transformers loop after the prompt that passes this time.")
-    parser.add_argument("--model-dir", type=Path, default=None)
-    parser.add_argument("--served-name", default=DEFAULT_SERVED_NAME)
-    parser.add_argument("--ours-root", type=Path, default=REPO_ROOT,
-                        help="Checkout whose server/ is benchmarked (default: this one).")
-    parser.add_argument("--max-busy", type=float, default=0.3,
-                        help="Before each round wait (up to --max-wait s) until fewer cores than "
-                        "this are busy machine-wide.")
-    parser.add_argument("--max-wait", type=float, default=120.0)
-    parser.add_argument("--output", type=Path, default=None, help="Write all figures as JSON.")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging()
     exit_on_sigterm()
 
     from server.alignment import build_presets

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    DEFAULT_SERVED_NAME,
     PROMPTS,
     REPO_ROOT,
     CpuWindow,
     ServerProcess,
+    add_load_options,
     default_model_dir,
     exit_on_sigterm,
     load_average,
@@ -32,6 +32,7 @@ from bench.common import (
     markdown_table,
     median,
     run_load,
+    setup_logging,
     wait_for_quiet,
     write_json,
 )
@@ -174,27 +175,9 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="Rounds per server.")
-    parser.add_argument("--requests", type=int, default=48)
-    parser.add_argument("--warmup-requests", type=int, default=16)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--model-dir", type=Path, default=None,
-                        help="HF folder for the stock server (default: ALIGNSERVE_HOME's model).")
-    parser.add_argument("--served-name", default=DEFAULT_SERVED_NAME)
-    parser.add_argument("--ours-root", type=Path, default=REPO_ROOT,
-                        help="Checkout whose server/ is benchmarked (default: this one), e.g. a "
-                        "'git archive' export of one commit while the working tree is in flux.")
-    parser.add_argument("--max-busy", type=float, default=0.3,
-                        help="Before each round wait (up to --max-wait s) until fewer cores than "
-                        "this are busy machine-wide.")
-    parser.add_argument("--max-wait", type=float, default=120.0)
-    parser.add_argument("--output", type=Path, default=None, help="Write all figures as JSON.")
+    add_load_options(parser, rounds_help="Rounds per server.")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging()
     exit_on_sigterm()
 
     model_dir = args.model_dir or default_model_dir()

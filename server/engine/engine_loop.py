@@ -156,7 +156,8 @@ def step_once(engine: VLLMEngine) -> None:
     book.logprob_rows.clear()
     for job, items in deltas.items():
         if items:
-            job.completion_tokens += sum(len(d.token_ids) for d in items)
+            if job.on_finish is not None:  # only a completion hook reads the count
+                job.completion_tokens += sum(len(d.token_ids) for d in items)
             job.stream.push(items)
         if job.open_choices == 0 and not job.done:
             _finish_job(engine, job)

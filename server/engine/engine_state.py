@@ -5,9 +5,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from server.engine.deployments import ModelVersion
 from server.engine.types import GenerationDelta, GenerationRequest
+
+
+def settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    """Resolve ``future`` once (event-loop side of a result handed over from the engine thread)."""
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 class Stream:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from server.engine.deployments import Mode, ModelVersion
 from server.engine.engine_loop import submit
-from server.engine.engine_state import Job, Stream
+from server.engine.engine_state import Job, Stream, settle
 from server.engine.swap import SMOKE_TOKENS, full_swap, load_adapter, reload_weights, unload_if_idle
 from server.engine.types import GenerationRequest, SamplingOptions
 
@@ -134,15 +134,7 @@ class Gate:
         self.abandoned = False  # the caller gave up waiting: the version must not go live
 
     def settle(self, result: tuple[str, str | None] | None, error: BaseException | None) -> None:
-        def apply() -> None:
-            if self.future.done():
-                return
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(result)  # type: ignore[arg-type]
-
-        self.loop.call_soon_threadsafe(apply)
+        self.loop.call_soon_threadsafe(settle, self.future, result, error)
 
 
 async def _gated(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server.engine.deployments import DeploymentTable, ModelVersion
-from server.engine.engine_state import Job, Pair, Stream
+from server.engine.engine_state import Job, Pair, Stream, settle
 from server.engine.renderer import HFChatRenderer
 from server.engine.types import EngineStats, GenerationDelta, GenerationRequest, ModelCard
 from server.errors import EngineError, ServiceUnavailableError
@@ -250,9 +250,9 @@ class VLLMEngine:
             try:
                 result = fn(self._engine)
             except BaseException as exc:  # handed to the caller, never lost
-                loop.call_soon_threadsafe(_settle, future, None, exc)
+                loop.call_soon_threadsafe(settle, future, None, exc)
             else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                loop.call_soon_threadsafe(settle, future, result, None)
 
         self._commands.put(run)
         return await future
@@ -270,9 +270,9 @@ class VLLMEngine:
             try:
                 result = fn(self)
             except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, future, None, exc)
+                loop.call_soon_threadsafe(settle, future, None, exc)
             else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                loop.call_soon_threadsafe(settle, future, result, None)
 
         self._commands.put(lambda: self._swaps.append(run))
         return await future
@@ -343,15 +343,6 @@ class VLLMEngine:
             job.stream.push(error)
         self._jobs.clear()
         self._pairs.clear()
-
-
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
 
 
 def _as_service_error(exc: Exception) -> Exception:
