@@ -33,7 +33,7 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not real"
 
 lint: venv
-	$(VENV)/bin/ruff check server align_core trainers tests bench
+	$(VENV)/bin/ruff check server align_core trainers contracts tests bench
 	$(VENV)/bin/mypy
 
 clean-venv:

@@ -58,7 +58,7 @@ from tests.trl_parity.provision import TRL_VERSION, is_ready, venv_dir, venv_pyt
 from trainers.loop import TrainContext, batch_indices, train
 from trainers.modeling import encode, load_policy, load_tokenizer
 from trainers.recipes import RECIPES, stages
-from trainers.specs import DPOSpec, parse_spec
+from contracts.specs import DPOSpec, parse_spec
 
 logger = logging.getLogger("bench.training")
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import torch
 
 from align_core.afd import best_of_n
 from server.errors import InvalidRequestError, NotFoundError
-from trainers.checkpoints import verify_checkpoint
+from contracts.checkpoints import verify_checkpoint
 from trainers.reward import RewardModel, reward_model_folder
 
 logger = logging.getLogger(__name__)

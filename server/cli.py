@@ -59,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from server.training import TrainingService
     from server.workers import WorkerPool
-    from trainers.store import SqliteJobStore
+    from contracts.store import SqliteJobStore
 
     training = TrainingService(
         SqliteJobStore.at_home(settings.home), settings.home, base_model=str(resolved.path)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from server.engine import vllm_deploy
 from server.errors import ConflictError, InvalidRequestError, NotFoundError
 from server.metrics import Metrics
-from trainers.checkpoints import MANIFEST, sha256_file, verify_checkpoint
+from contracts.checkpoints import MANIFEST, sha256_file, verify_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The training service: datasets, jobs and checkpoints over the trainers' public API.
 
-Only ``trainers.store``, ``trainers.datasets`` and ``trainers.specs`` are used (never trainer
+Only ``contracts.store``, ``contracts.datasets`` and ``contracts.specs`` are used (never trainer
 internals). Trainer errors become domain errors here; routes stay thin.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from server.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
-from trainers.datasets import (
+from contracts.datasets import (
     DEFAULT_MAX_BYTES,
     METHOD_FORMATS,
     DatasetError,
@@ -22,8 +22,8 @@ from trainers.datasets import (
     import_dataset,
     import_path,
 )
-from trainers.specs import parse_spec, total_steps
-from trainers.store import TERMINAL, CheckpointRecord, DatasetRecord, Event, Job, JobStore
+from contracts.specs import parse_spec, total_steps
+from contracts.store import TERMINAL, CheckpointRecord, DatasetRecord, Event, Job, JobStore
 
 logger = logging.getLogger(__name__)
 

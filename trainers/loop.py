@@ -22,9 +22,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from trainers.checkpoints import load_resume_state, rng_state, save_resume_state, set_rng_state
+from trainers.resume import load_resume_state, rng_state, save_resume_state, set_rng_state
 from trainers.modeling import load_trainable_state, trainable_state
-from trainers.specs import AnySpec
+from contracts.specs import AnySpec
 
 logger = logging.getLogger(__name__)
 

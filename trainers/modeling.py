@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from align_core import packed_sequence_logps, sequence_logps
-from trainers.specs import GenerationSpec, LoraSpec
+from contracts.specs import GenerationSpec, LoraSpec
 
 logger = logging.getLogger(__name__)
 Messages = list[dict[str, str]]

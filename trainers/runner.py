@@ -9,17 +9,17 @@ from typing import Any
 
 import torch
 
-from trainers.checkpoints import (
+from contracts.checkpoints import (
     base_model_identity,
     sha256_file,
     write_final_checkpoint,
 )
-from trainers.datasets import METHOD_FORMATS, load_records
+from contracts.datasets import METHOD_FORMATS, load_records
 from trainers.loop import Control, TrainContext, train
 from trainers.modeling import is_adapter, load_policy, load_tokenizer, save_model
 from trainers.recipes import RECIPES
-from trainers.specs import parse_spec
-from trainers.store import CheckpointRecord, Job, JobStore
+from contracts.specs import parse_spec
+from contracts.store import CheckpointRecord, Job, JobStore
 
 logger = logging.getLogger(__name__)
 

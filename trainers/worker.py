@@ -23,8 +23,8 @@ from typing import Any
 
 from trainers.loop import Interrupted, JobCancelled, LeaseLost
 from trainers.runner import JobError, run_job
-from trainers.store import Control as StoreControl
-from trainers.store import JobStore, SqliteJobStore
+from contracts.store import Control as StoreControl
+from contracts.store import JobStore, SqliteJobStore
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from server.api.deps import AdminScope
 from server.errors import InvalidRequestError, PayloadTooLargeError, ServiceUnavailableError
 from server.training import TrainingService, checkpoint_view, dataset_view
-from trainers.store import TERMINAL, Job
+from contracts.store import TERMINAL, Job
 
 router = APIRouter()
 EVENT_POLL_S = 0.5

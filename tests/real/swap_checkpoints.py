@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from trainers.checkpoints import base_model_identity, write_final_checkpoint
+from contracts.checkpoints import base_model_identity, write_final_checkpoint
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

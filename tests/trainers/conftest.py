@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from tests.trainers.tiny import build_tiny_model
-from trainers.datasets import import_dataset
-from trainers.specs import parse_spec, total_steps
-from trainers.store import Job, SqliteJobStore
+from contracts.datasets import import_dataset
+from contracts.specs import parse_spec, total_steps
+from contracts.store import Job, SqliteJobStore
 
 SMALL = {"max_length": 64, "max_prompt_length": 32, "batch_size": 4}
 

@@ -15,7 +15,7 @@ from server.auth import KeyRing
 from server.training import TrainingService
 from tests.fakes import FakeEngine
 from tests.trainers.conftest import SMALL, jsonl, pairs
-from trainers.store import SqliteJobStore
+from contracts.store import SqliteJobStore
 from trainers.worker import Worker, WorkerConfig
 
 USER, ADMIN = "user-key", "admin-key"

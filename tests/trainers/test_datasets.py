@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.trainers.conftest import jsonl, pairs, pointwise
-from trainers.datasets import DatasetError, DatasetTooLargeError, import_dataset, load_records
-from trainers.store import SqliteJobStore
+from contracts.datasets import DatasetError, DatasetTooLargeError, import_dataset, load_records
+from contracts.store import SqliteJobStore
 
 
 def _nothing_stored(store: SqliteJobStore, home: Path) -> None:

@@ -16,7 +16,7 @@ from trainers.modeling import (
     load_policy,
     load_tokenizer,
 )
-from trainers.specs import LoraSpec
+from contracts.specs import LoraSpec
 
 
 def _full_forward_logps(

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.trainers.conftest import demonstrations, pairs, pointwise
-from trainers.checkpoints import verify_checkpoint
-from trainers.store import Job, SqliteJobStore
+from contracts.checkpoints import verify_checkpoint
+from contracts.store import Job, SqliteJobStore
 from trainers.worker import Worker, WorkerConfig
 
 LR = {"learning_rate": 1e-2}

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from align_core import PAIR_LOSSES, POINTWISE_LOSSES, WEIGHTINGS
-from trainers.specs import METHODS, AfDSpec, DPOSpec, parse_spec, total_steps
+from contracts.specs import METHODS, AfDSpec, DPOSpec, parse_spec, total_steps
 
 
 def test_minimal_body_is_valid_with_defaults() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from trainers.store import SqliteJobStore
+from contracts.store import SqliteJobStore
 
 
 def _job(store: SqliteJobStore) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.trainers.conftest import pairs
-from trainers.store import Job, SqliteJobStore
+from contracts.store import Job, SqliteJobStore
 from trainers.worker import Worker, WorkerConfig
 
 REPO = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from trainers.loop import Stage, TrainContext
 from trainers.modeling import Encoded, collate, encode, sample
 from trainers.recipes.base import Recipe, Records
 from trainers.recipes.stages import SFTStage
-from trainers.specs import AfDSpec, afd_steps
+from contracts.specs import AfDSpec, afd_steps
 
 REWARD_DIR = "reward_model"
 HELD_OUT = 0.25

@@ -5,7 +5,7 @@ from __future__ import annotations
 from trainers.loop import Stage, TrainContext
 from trainers.recipes.base import Recipe, Records
 from trainers.recipes.stages import PairStage
-from trainers.specs import DPOSpec
+from contracts.specs import DPOSpec
 
 
 def dpo_stages(ctx: TrainContext, records: Records) -> list[Stage]:

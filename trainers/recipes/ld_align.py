@@ -29,7 +29,7 @@ from trainers.loop import Stage, TrainContext
 from trainers.modeling import Encoded, base_weights, collate, sample
 from trainers.recipes.base import Recipe, Records
 from trainers.recipes.stages import PairStage, encode_all
-from trainers.specs import LDAlignSpec, split_steps
+from contracts.specs import LDAlignSpec, split_steps
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from trainers.loop import Stage, TrainContext
 from trainers.recipes.base import Recipe, Records
 from trainers.recipes.stages import PointwiseStage
-from trainers.specs import PointwiseDPOSpec, ULMASpec
+from contracts.specs import PointwiseDPOSpec, ULMASpec
 
 
 def pointwise_stages(ctx: TrainContext, records: Records) -> list[Stage]:

@@ -22,7 +22,7 @@ from trainers.modeling import Messages, sample
 from trainers.recipes.base import Recipe, Records
 from trainers.recipes.stages import PairStage
 from trainers.scorers import SCORERS
-from trainers.specs import RDPOSpec
+from contracts.specs import RDPOSpec
 
 logger = logging.getLogger(__name__)
 

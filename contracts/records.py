@@ -1,4 +1,4 @@
-"""Records of the job store and the ``JobStore`` protocol (implemented in ``trainers.store``)."""
+"""Records of the job store and the ``JobStore`` protocol (implemented in ``contracts.store``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Checkpoints: resumable training state and final, deployable checkpoints.
+"""The checkpoint format shared by trainers and server: manifest, hashing, verification.
 
-Both are written into a temporary directory next to their target and renamed into place, so a
+Checkpoints (final ones, and the trainers' resume points) are written into a temporary directory next to their target and renamed into place, so a
 half-written checkpoint is never visible. A final checkpoint's ``manifest.json`` carries the full
 resolved job config, the base model identity, metrics, data hashes and the sha256 of every file.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import shutil
 import tempfile
 import time
@@ -17,10 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 MANIFEST = "manifest.json"
-STATE = "state.pt"
 
 
 def sha256_file(path: Path) -> str:
@@ -51,34 +47,6 @@ def write_atomically(target: Path, fill: Callable[[Path], None]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-
-
-def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-
-
-def save_resume_state(folder: Path, step: int, state: dict[str, Any]) -> Path:
-    """Write ``folder/step-<n>`` (state.pt) and drop older resume points."""
-    target = folder / f"step-{step:08d}"
-
-    def fill(tmp: Path) -> None:
-        torch.save({"step": step, **state}, tmp / STATE)
-
-    write_atomically(target, fill)
-    for old in folder.glob("step-*"):
-        if old != target:
-            shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def load_resume_state(path: str | Path) -> dict[str, Any]:
-    state: dict[str, Any] = torch.load(Path(path) / STATE, weights_only=False)
-    return state
 
 
 def base_model_identity(model_path: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainers.store import DatasetRecord, JobStore, new_id
+from contracts.store import DatasetRecord, JobStore, new_id
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 FORMATS = ("pairs", "openai_preference", "pointwise", "demonstrations", "prompts")

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from trainers.records import (
+from contracts.records import (
     TERMINAL,
     CheckpointRecord,
     Control,
