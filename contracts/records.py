@@ -1,13 +1,26 @@
-"""Records of the job store and the ``JobStore`` protocol (implemented in ``contracts.store``)."""
+"""Records of the job store and the ``JobStore`` protocol (implemented in ``contracts.store_sqlite``
+and ``contracts.store_postgres``; ``contracts.store.open_store`` picks one)."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Control = Literal["continue", "cancel", "lost"]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def json_text(value: Any) -> str:
+    """JSON as both backends store it: text, not PostgreSQL's jsonb, which refuses the NaN a
+    diverged loss reports and reorders keys."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 @dataclass(frozen=True)

@@ -59,10 +59,11 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from server.training import TrainingService
     from server.workers import WorkerPool
-    from contracts.store import SqliteJobStore
+    from contracts.store import open_store
 
     training = TrainingService(
-        SqliteJobStore.at_home(settings.home), settings.home, base_model=str(resolved.path)
+        open_store(settings.store_url or settings.home / "jobs.db"), settings.home,
+        base_model=str(resolved.path),
     )
     app = create_app(
         engine, keyring, presets_file=settings.presets_file, home=settings.home, training=training
@@ -82,7 +83,8 @@ def _worker(args: argparse.Namespace) -> int:
     from server.model_store import DEFAULT_MODEL_NAME, resolve_model
     from trainers.worker import main as worker_main
 
-    settings = Settings(**({"home": args.home} if args.home else {}))
+    overrides = {"home": args.home, "store_url": args.store_url}
+    settings = Settings(**{k: v for k, v in overrides.items() if v})
     model = args.model or settings.model
     default_pulled = (settings.home / "models" / DEFAULT_MODEL_NAME / "config.json").is_file()
     default_model = None
@@ -95,6 +97,7 @@ def _worker(args: argparse.Namespace) -> int:
         lease_s=args.lease,
         poll_s=args.poll,
         max_attempts=args.max_attempts,
+        store_url=settings.store_url,
     )
 
 
@@ -136,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="Run a training worker (claims queued jobs).")
     worker.add_argument("--home", default=None, help="ALIGNSERVE_HOME (jobs.db lives there).")
+    worker.add_argument("--store-url", default=None,
+                        help="ALIGNSERVE_STORE_URL: postgresql://... shared job store.")
     worker.add_argument("--model", default=None, help="Default base model for jobs.")
     worker.add_argument("--once", action="store_true", help="Exit when the queue is empty.")
     worker.add_argument("--lease", type=float, default=30.0, help="Lease seconds.")

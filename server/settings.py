@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     home: Path = Field(
         default_factory=_default_home, description="Models, data, jobs, checkpoints."
     )
+    store_url: str | None = Field(
+        default=None,
+        description="Job store: a postgresql:// URL shared by servers and workers on many hosts,"
+        " or sqlite:///path; unset = SQLite at <home>/jobs.db.",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     model: str | None = Field(default=None, description="Served model: name or local HF folder.")

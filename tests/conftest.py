@@ -9,6 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# PostgreSQL server and per-test databases for the job-store tests.
+pytest_plugins = ["tests.pg"]
+
 
 @pytest.fixture(scope="session")
 def alignserve_home() -> Path:

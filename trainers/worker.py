@@ -24,7 +24,7 @@ from typing import Any
 from trainers.loop import Interrupted, JobCancelled, LeaseLost
 from trainers.runner import JobError, run_job
 from contracts.store import Control as StoreControl
-from contracts.store import JobStore, SqliteJobStore
+from contracts.store import JobStore, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -145,12 +145,17 @@ class Worker:
 
 
 def main(home: Path, default_model: str | None, *, once: bool = False,
-         lease_s: float = 30.0, poll_s: float = 1.0, max_attempts: int = 3) -> int:
-    """Entry point of ``alignserve worker``."""
-    store = SqliteJobStore.at_home(home)
+         lease_s: float = 30.0, poll_s: float = 1.0, max_attempts: int = 3,
+         store_url: str | None = None) -> int:
+    """Entry point of ``alignserve worker``. ``store_url`` (PostgreSQL) defaults to SQLite at
+    ``home/jobs.db``."""
+    store = open_store(store_url or Path(home) / "jobs.db")
     worker = Worker(store, WorkerConfig(home, default_model, lease_s, poll_s, max_attempts))
     worker.install_signal_handlers()
     started = time.monotonic()
-    ran = worker.run_forever(max_jobs=1 if once else None)
+    try:
+        ran = worker.run_forever(max_jobs=1 if once else None)
+    finally:
+        store.close()
     logger.info("worker %s ran %d jobs in %.0f s", worker.id, ran, time.monotonic() - started)
     return 0
