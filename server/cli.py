@@ -23,7 +23,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server.api.app import create_app
     from server.auth import KeyRing
-    from server.engine.vllm_engine import EngineConfig, VLLMEngine
+    from server.engine.vllm_args import EngineConfig
+    from server.engine.vllm_engine import VLLMEngine
     from server.model_store import resolve_model
 
     overrides = {
@@ -50,16 +51,24 @@ def _serve(args: argparse.Namespace) -> int:
             max_model_len=settings.max_model_len,
             kv_cache_gib=settings.kv_cache_gib,
             max_num_seqs=settings.max_num_seqs,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             enable_lora=settings.enable_lora,
             max_loras=settings.max_loras,
             max_lora_rank=settings.max_lora_rank,
             max_logprobs=settings.max_logprobs,
+            dtype=settings.dtype,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            pipeline_parallel_size=settings.pipeline_parallel_size,
+            distributed_executor_backend=settings.distributed_executor_backend,
+            enable_chunked_prefill=settings.enable_chunked_prefill,
+            async_scheduling=settings.async_scheduling,
+            enforce_eager=settings.enforce_eager,
         )
     )
+    from contracts.store import open_store
     from server.training import TrainingService
     from server.workers import WorkerPool
-    from contracts.store import open_store
 
     training = TrainingService(
         open_store(settings.store_url or settings.home / "jobs.db"), settings.home,

@@ -3,7 +3,9 @@
 A version goes live only after its manifest and checksums verify, its base model matches the
 served one and a smoke generation on it succeeds; any failure leaves the previous version
 serving and marks the deployment failed with the reason. Records persist in
-``ALIGNSERVE_HOME/deployments.json`` (atomic writes), so the history survives a restart.
+``ALIGNSERVE_HOME/deployments.json`` (atomic, fsynced writes), so the history survives a restart
+and :meth:`DeploymentService.restore` puts what was live back through the same gate at start.
+Version numbers come from these records, so they never restart.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from server.engine import vllm_deploy
+from contracts.checkpoints import MANIFEST, sha256_file, verify_checkpoint
+from server.engine.base import Engine
+from server.engine.deployer import Deployer, SwapResult
 from server.errors import ConflictError, InvalidRequestError, NotFoundError
 from server.metrics import Metrics
-from contracts.checkpoints import MANIFEST, sha256_file, verify_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,9 @@ class DeploymentRecord:
 
 
 class DeploymentService:
-    def __init__(self, engine: Any, home: Path, metrics: Metrics):
+    def __init__(self, engine: Engine, deployer: Deployer, home: Path, metrics: Metrics):
         self.engine = engine
+        self.deployer = deployer
         self.home = home
         self.metrics = metrics
         self.path = home / "deployments.json"
@@ -56,26 +60,27 @@ class DeploymentService:
 
     # -- API -------------------------------------------------------------------------------
     def records_view(self) -> list[dict[str, Any]]:
-        return [{**asdict(r), "label": r.label if r.version else None} for r in self.records]
+        return [
+            {**asdict(r), "label": r.label if r.version and r.status != "failed" else None}
+            for r in self.records
+        ]
 
     async def deploy(self, checkpoint: str, name: str, mode: DeployMode) -> dict[str, Any]:
-        if name == self.engine.config.served_name or "@" in name or not name.strip():
+        if name in self._base_names() or "@" in name or not name.strip():
             raise InvalidRequestError(f"'{name}' cannot be a deployment name", param="name")
         folder = self._checkpoint_folder(checkpoint)
-        record = DeploymentRecord(name, None, checkpoint, mode, "deploying", None, time.time())
         async with self._lock:
+            number = 1 + max((r.version or 0 for r in self.records if r.name == name), default=0)
+            record = DeploymentRecord(
+                name, number, checkpoint, mode, "deploying", None, time.time()
+            )
             self.records.append(record)
             try:
-                checked = time.monotonic()
-                weights = await asyncio.to_thread(self._verified_weights, folder, mode)
-                verified = time.monotonic()
-                logger.info("checkpoint %s verified in %.2f s", checkpoint, verified - checked)
-                result = await vllm_deploy.deploy(self.engine, name, weights, mode, self._smoke())
+                result = await self._put_live(record, folder)
             except Exception as exc:
                 return self._failed(record, exc)
-            record.version = int(result.label.rsplit("@", 1)[1])
             record.status, record.swap_seconds = "live", result.seconds
-            record.phases = {"verify_s": verified - checked, **result.phases}
+            record.phases = dict(result.phases)
             self._retire_others(record)
             self._observe(mode, "ok", result.seconds)
             self._save()
@@ -97,7 +102,7 @@ class DeploymentService:
                 raise ConflictError(f"deployment '{name}' has no earlier version to roll back to")
             target = earlier[-1]
             try:
-                result = await vllm_deploy.activate(self.engine, target.label, self._smoke())
+                result = await self._put_live(target, self._checkpoint_folder(target.checkpoint))
             except Exception as exc:
                 self._observe(target.mode, "failed", None)
                 raise ConflictError(f"rollback of '{name}' failed: {exc}") from exc
@@ -114,9 +119,49 @@ class DeploymentService:
     async def delete(self, name: str) -> None:
         async with self._lock:
             live = self._live(name)
-            await vllm_deploy.undeploy(self.engine, name)
+            await self.deployer.undeploy(name)
             live.status = "retired"
             self._save()
+
+    async def restore(self) -> None:
+        """At start: put back, through the same gate, every version that was live at exit."""
+        for record in [r for r in self.records if r.status in ("live", "deploying")]:
+            if record.status == "deploying":  # the server stopped mid-deploy
+                record.status, record.reason = "failed", "server stopped during the deployment"
+                continue
+            try:
+                folder = self._checkpoint_folder(record.checkpoint)
+                await self._put_live(record, folder)
+                logger.info("restored %s after restart", record.label)
+            except Exception as exc:
+                record.status = "failed"
+                record.reason = f"could not be restored after a restart: {exc}"
+                logger.error("deployment %s not restored: %s", record.label, exc)
+        self._save()
+
+    async def _put_live(self, record: DeploymentRecord, folder: Path) -> SwapResult:
+        """Verify the checkpoint, then stage, smoke-test and switch it in the engine."""
+        assert record.version is not None
+        checked = time.monotonic()
+        weights = await asyncio.to_thread(self._verified_weights, folder, record.mode)  # type: ignore[arg-type]
+        verify_s = time.monotonic() - checked
+        logger.info("checkpoint %s verified in %.2f s", record.checkpoint, verify_s)
+        result = await self.deployer.deploy(
+            record.name, weights, record.mode, record.version, self._smoke()  # type: ignore[arg-type]
+        )
+        return SwapResult(
+            result.label, result.previous, result.seconds + verify_s,
+            {"verify_s": verify_s, **result.phases},
+        )
+
+    def _base_names(self) -> set[str]:
+        return {card.id for card in self.engine.model_cards() if card.parent is None}
+
+    def _model_path(self) -> Path:
+        path = self.engine.model_path
+        if path is None:
+            raise ValueError("the engine serves no local base model")
+        return path
 
     # -- checks ----------------------------------------------------------------------------
     def _checkpoint_folder(self, checkpoint: str) -> Path:
@@ -135,15 +180,16 @@ class DeploymentService:
         if bad:
             raise ValueError(f"checksum mismatch in {', '.join(bad)}")
         self._check_base(manifest.get("base_model") or {})
+        check_finite(folder)
         fmt = manifest.get("format")
         if mode == "adapter":
             if fmt != "peft-lora":
                 raise ValueError(f"mode 'adapter' needs a LoRA checkpoint, this one is '{fmt}'")
             rank = json.loads((folder / "adapter_config.json").read_text()).get("r", 0)
-            if rank > self.engine.config.max_lora_rank:
+            if rank > self.engine.max_lora_rank:
                 raise ValueError(
                     f"adapter rank {rank} exceeds the engine's max_lora_rank "
-                    f"{self.engine.config.max_lora_rank}"
+                    f"{self.engine.max_lora_rank}"
                 )
             return folder
         if fmt == "hf-full":
@@ -153,13 +199,13 @@ class DeploymentService:
         raise ValueError(f"unknown checkpoint format '{fmt}'")
 
     def _check_base(self, base: dict[str, Any]) -> None:
-        served = Path(self.engine.config.model_path)
+        served = self._model_path()
         want = base.get("config_sha256")
         have = sha256_file(served / "config.json") if (served / "config.json").is_file() else None
         if want is None or want != have:
             raise ValueError(
                 f"checkpoint was trained on '{base.get('name')}', not on the served base model "
-                f"'{self.engine.config.served_name}'"
+                f"'{served.name}'"
             )
 
     def _merged(self, folder: Path, checkpoint_id: str) -> Path:
@@ -168,7 +214,7 @@ class DeploymentService:
 
         target = self.home / "merged" / checkpoint_id
         if not (target / "config.json").is_file():
-            merge_lora(Path(self.engine.config.model_path), folder, target)
+            merge_lora(self._model_path(), folder, target)
         return target
 
     def _smoke(self) -> list[int]:
@@ -207,15 +253,38 @@ class DeploymentService:
     def _load(self) -> list[DeploymentRecord]:
         if not self.path.is_file():
             return []
-        records = [DeploymentRecord(**r) for r in json.loads(self.path.read_text())]
-        for r in records:  # the engine starts on the base weights: nothing is live after a restart
-            if r.status in ("live", "deploying"):
-                r.status, r.reason = "retired", "server restarted"
-        return records
+        try:
+            return [DeploymentRecord(**r) for r in json.loads(self.path.read_text())]
+        except (ValueError, TypeError) as exc:
+            # A damaged file must not keep the server down; keep it for inspection.
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            os.replace(self.path, aside)
+            logger.error("deployment records unreadable (%s); moved to %s", exc, aside)
+            return []
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".deployments-")
         with os.fdopen(fd, "w") as f:
             json.dump([asdict(r) for r in self.records], f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def check_finite(folder: Path) -> None:
+    """Refuse weights holding NaN or infinity: one such tensor poisons every answer."""
+    import torch
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise ValueError(f"{path.name}: tensor '{key}' holds NaN or infinite values")

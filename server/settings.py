@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, field_validator
@@ -44,6 +45,25 @@ class Settings(BaseSettings):
     max_loras: int = 4
     max_lora_rank: int = 16
     max_logprobs: int = 20
+    # Scale and GPU settings (docs/gpu.md). Defaults suit one device.
+    dtype: str = Field(default="auto", description="'auto': float32 on CPU, the model's on GPU.")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per model replica.")
+    pipeline_parallel_size: int = Field(default=1, ge=1, description="Pipeline stages.")
+    distributed_executor_backend: Literal["auto", "uni", "mp", "ray"] = Field(
+        default="auto",
+        description="vLLM's executor: 'uni' (one device), 'mp' (GPUs of one node), 'ray' "
+        "(several nodes); 'auto' picks uni for one device, else vLLM's choice.",
+    )
+    enable_chunked_prefill: bool | None = Field(
+        default=None, description="None: vLLM's default (on). Guidance groups work either way."
+    )
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    async_scheduling: bool = Field(
+        default=False, description="vLLM's async scheduling; alignment requests are refused."
+    )
+    enforce_eager: bool | None = Field(
+        default=None, description="None: eager on CPU, CUDA graphs / compilation on GPU."
+    )
     presets_file: str | None = Field(
         default=None, description="JSON object of extra principle presets: name -> text."
     )

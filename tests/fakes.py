@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 from server.engine.types import (
     EngineStats,
@@ -56,6 +57,18 @@ class FakeEngine:
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
+
+    @property
+    def model_path(self) -> Path | None:
+        return None
+
+    @property
+    def max_lora_rank(self) -> int:
+        return 0
+
+    @property
+    def deployer(self) -> None:
+        return None
 
     @property
     def renderer(self) -> CharRenderer:

@@ -41,7 +41,9 @@ def create_app(
         if start_engine:
             await engine.start()
         watcher = None
-        deployments = getattr(app.state, "deployments", None)
+        deployments = app.state.deployments
+        if deployments is not None:
+            await deployments.restore()
         if training is not None and deployments is not None:
             from server.auto_deploy import AutoDeployer
 
@@ -61,16 +63,16 @@ def create_app(
     app.state.metrics = metrics
     app.state.presets = presets
     rewards = None
-    model_path = getattr(getattr(engine, "config", None), "model_path", None)
-    if home is not None and model_path is not None:
+    if home is not None and engine.model_path is not None:
         from server.best_of_n import RewardModels
 
-        rewards = RewardModels(home, Path(model_path))
+        rewards = RewardModels(home, engine.model_path)
     app.state.generation = GenerationService(engine, presets, metrics, rewards)
-    if home is not None and hasattr(type(engine), "table"):  # engines that can deploy
+    app.state.deployments = None
+    if home is not None and engine.deployer is not None:
         from server.deploy_service import DeploymentService
 
-        app.state.deployments = DeploymentService(engine, home, metrics)
+        app.state.deployments = DeploymentService(engine, engine.deployer, home, metrics)
     app.state.training = training  # job store + datasets; None: training routes answer 503
     install_error_handlers(app)
     app.include_router(openai_router)

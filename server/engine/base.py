@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from server.engine.types import EngineStats, GenerationDelta, GenerationRequest, ModelCard
+
+if TYPE_CHECKING:
+    from server.engine.deployer import Deployer
 
 
 class ChatRenderer(Protocol):
@@ -34,6 +38,19 @@ class Engine(Protocol):
 
     @property
     def max_model_len(self) -> int: ...
+
+    @property
+    def model_path(self) -> Path | None:
+        """The served base model's folder (None for engines without one)."""
+        ...
+
+    @property
+    def max_lora_rank(self) -> int: ...
+
+    @property
+    def deployer(self) -> Deployer | None:
+        """Hot-swap of deployments (None for an engine that cannot deploy)."""
+        ...
 
     @property
     def renderer(self) -> ChatRenderer: ...

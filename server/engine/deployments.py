@@ -1,8 +1,8 @@
 """Which weights answer which model name: the base model, adapter and full-weight versions.
 
-Owned by the engine thread (it alone mutates it, between steps), so an alias moves atomically
-with respect to admission: a request is bound to exactly one version when it is admitted and
-keeps it to its last token.
+Owned by the API process's event loop (lookups at admission and every change run there), so an
+alias moves atomically with respect to admission: a request is bound to exactly one version when
+it is admitted and keeps it to its last token.
 """
 
 from __future__ import annotations
@@ -79,10 +79,21 @@ class DeploymentTable:
             )
         return found
 
-    def new_version(self, name: str, mode: Mode, path: Path, created: int) -> ModelVersion:
+    def new_version(
+        self, name: str, mode: Mode, path: Path, created: int, number: int | None = None
+    ) -> ModelVersion:
+        """A staged version. ``number`` comes from the durable deployment records (so numbers
+        never restart); without it, one past the highest number this table has seen."""
         if name == self.base.name:
             raise ValueError(f"'{name}' is the base model's name")
-        number = 1 + max((v.version for v in self.versions.values() if v.name == name), default=0)
+        if number is None:
+            number = 1 + max(
+                (v.version for v in self.versions.values() if v.name == name), default=0
+            )
+        else:
+            known = self.versions.get(f"{name}@{number}")
+            if known is not None and known.state != "failed":
+                raise ValueError(f"version {name}@{number} already exists")
         version = ModelVersion(name, number, mode, path, created=created)
         if mode == "adapter":
             version.lora_id = self.next_lora_id

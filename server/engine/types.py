@@ -25,16 +25,20 @@ class SamplingOptions:
 
 @dataclass(frozen=True)
 class AlignmentParams:
-    """Linear alignment of one request: decode with z_p + alpha * (z_p - z_0).
+    """A guidance group for one request: decode with z_lead + alpha * (z_lead - z_ref).
 
-    ``principled_prompt_ids`` is the conversation with the principle (z_p); the request's own
-    ``prompt_ids`` is the conversation as sent (z_0), whose branch the client sees.
+    Linear alignment (``contrast_against`` None): z_lead is the conversation with the principle
+    (``principled_prompt_ids``), z_ref the conversation as sent (the request's ``prompt_ids``),
+    whose branch the client sees. Adapter contrast: z_lead is the request's own model (a deployed
+    adapter) and z_ref the same conversation under ``contrast_against`` (the base model or
+    another deployment); ``principled_prompt_ids`` is empty.
     """
 
     principled_prompt_ids: tuple[int, ...]
     alpha: float
     nucleus_top_p: float
     nucleus_temperature: float
+    contrast_against: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,17 @@
-"""Conversions between our engine types and vLLM's (kept apart so vllm_engine stays small)."""
+"""Conversions between our engine types and vLLM's (no vLLM type leaves the engine package)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import RequestOutputKind
 
-from server.engine.types import FinishReason, SamplingOptions, TokenLogprob
+from server.engine.deployments import ModelVersion
+from server.engine.types import FinishReason, GenerationDelta, SamplingOptions, TokenLogprob
+from server.errors import InvalidRequestError
 
 # JSON has no -inf; OpenAI clients expect a large negative number for impossible tokens.
 MIN_LOGPROB = -9999.0
@@ -23,22 +25,59 @@ def sampling_params(
     with_stop: bool = True,
     logprobs: bool = True,
     detokenize: bool = True,
+    final_only: bool = False,
     extra_args: dict[str, Any] | None = None,
 ) -> SamplingParams:
-    return SamplingParams(
-        n=options.n if n is None else n,
-        temperature=options.temperature,
-        top_p=options.top_p,
-        seed=options.seed if seed is None else seed,
-        max_tokens=options.max_tokens,
-        stop=list(options.stop) if with_stop else None,
-        logprobs=options.logprobs if logprobs else None,
-        presence_penalty=options.presence_penalty,
-        frequency_penalty=options.frequency_penalty,
-        detokenize=detokenize,
-        output_kind=RequestOutputKind.DELTA,
-        extra_args=extra_args,
-    )
+    try:
+        return SamplingParams(
+            n=options.n if n is None else n,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            seed=options.seed if seed is None else seed,
+            max_tokens=options.max_tokens,
+            stop=list(options.stop) if with_stop else None,
+            logprobs=options.logprobs if logprobs else None,
+            presence_penalty=options.presence_penalty,
+            frequency_penalty=options.frequency_penalty,
+            detokenize=detokenize,
+            output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA,
+            extra_args=extra_args,
+        )
+    except (ValueError, VLLMValidationError) as exc:  # "n must be 1 when ... greedy"
+        raise InvalidRequestError(str(exc)) from None
+
+
+def lora_request(version: ModelVersion) -> Any:
+    """vLLM's handle on an adapter version (None for the base and full-weight versions)."""
+    if version.mode != "adapter":
+        return None
+    from vllm.lora.request import LoRARequest
+
+    assert version.lora_id is not None
+    return LoRARequest(version.label, version.lora_id, str(version.path))
+
+
+def plain_deltas(
+    out: Any, top_k: int | None, label: str, decode: Callable[[Sequence[int]], str]
+) -> list[GenerationDelta]:
+    """One vLLM ``RequestOutput`` (delta kind) -> a delta per choice that advanced."""
+    result = []
+    for co in out.outputs:
+        logprobs = None
+        if top_k is not None:
+            logprobs = vllm_logprobs(co.logprobs, co.token_ids, top_k, lambda t: decode([t]))
+        result.append(
+            GenerationDelta(
+                index=co.index,
+                text=co.text,
+                token_ids=tuple(co.token_ids),
+                logprobs=logprobs,
+                finish_reason=finish_reason(co.finish_reason),
+                stop_reason=co.stop_reason,
+                model_version=label,
+            )
+        )
+    return result
 
 
 def finish_reason(raw: str | None) -> FinishReason | None:
@@ -82,18 +121,3 @@ def vllm_logprobs(
             TokenLogprob(chosen_text, _clean(chosen.logprob), tuple(chosen_text.encode()), top)
         )
     return tuple(result)
-
-
-def row_logprob(
-    row: torch.Tensor, token_id: int, top_k: int, decode: Callable[[int], str]
-) -> TokenLogprob:
-    """A TokenLogprob from a full (V,) log-probability row (the aligned distribution)."""
-    text = decode(token_id)
-    top: tuple[tuple[str, float, tuple[int, ...]], ...] = ()
-    if top_k > 0:
-        values, ids = torch.topk(row, top_k)
-        top = tuple(
-            (t := decode(int(i)), _clean(float(v)), tuple(t.encode()))
-            for v, i in zip(values.tolist(), ids.tolist(), strict=True)
-        )
-    return TokenLogprob(text, _clean(float(row[token_id])), tuple(text.encode()), top)

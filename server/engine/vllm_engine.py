@@ -1,10 +1,11 @@
-"""The engine on vLLM: an in-process engine core driven by one dedicated thread.
+"""The engine on vLLM: an async client in the API process over vLLM's engine-core process.
 
-Why in-process (``LLMEngine`` without multiprocessing) rather than ``AsyncLLM``: on CPU it was
-measured faster (183-193 vs 147 tok/s) and starts in seconds instead of half a minute, and it
-gives this class exclusive control of the step loop. Requests added between two steps enter the
-batch in the same step, which linear alignment needs for its request pairs; swaps and cache
-resets run between steps, never inside one.
+``AsyncLLM`` starts the engine core (scheduler + model executor) in its own process and talks to
+it over ZMQ, as vLLM's own OpenAI server does; this process keeps HTTP, chat templates,
+tokenising, detokenising and streaming, so neither side waits on the other's GIL. Guidance
+groups (linear alignment, adapter contrast) are kept together by the engine core's scheduler
+(``server.engine.guidance``); this class submits their members and restarts a group that lost
+lockstep (``server.engine.group_run``).
 """
 
 from __future__ import annotations
@@ -12,120 +13,62 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import queue
-import threading
 import time
-import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from server.engine.admission import AdmissionGate
 from server.engine.deployments import DeploymentTable, ModelVersion
-from server.engine.engine_state import Job, Pair, Stream, settle
+from server.engine.group_run import run_groups
 from server.engine.renderer import HFChatRenderer
 from server.engine.types import EngineStats, GenerationDelta, GenerationRequest, ModelCard
-from server.errors import EngineError, ServiceUnavailableError
+from server.engine.vllm_args import EngineConfig, RunnerInfo, build_vllm_config
+from server.engine.vllm_convert import lora_request, plain_deltas, sampling_params
+from server.errors import EngineError, InvalidRequestError, ServiceError, ServiceUnavailableError
+
+if TYPE_CHECKING:
+    from server.engine.deployer import VLLMDeployer
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
-MAX_PAIR_RESTARTS = 8
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    model_path: Path
-    served_name: str
-    max_model_len: int = 2048
-    kv_cache_gib: float = 2.0
-    max_num_seqs: int = 64
-    gpu_memory_utilization: float = 0.85
-    enable_lora: bool = True
-    max_loras: int = 4
-    max_lora_rank: int = 16
-    max_logprobs: int = 20
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-def _engine_args(config: EngineConfig) -> Any:
-    from vllm.engine.arg_utils import EngineArgs
-
-    from server.engine.pairing import LinearAlignmentProcessor
-
-    on_gpu = _has_cuda()
-    if not on_gpu:
-        # Measured on these machines (docs/VLLM_CPU facts): float32 (bf16 on AVX2 is slower and
-        # garbles text), eager (compilation costs minutes per start), no reserved core.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, config.kv_cache_gib))))
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    return EngineArgs(
-        model=str(config.model_path),
-        served_model_name=config.served_name,
-        dtype="auto" if on_gpu else "float32",
-        enforce_eager=not on_gpu,
-        max_model_len=config.max_model_len,
-        max_num_seqs=config.max_num_seqs,
-        # Whole prompts per step: a half-prefilled row would look like a paired row at its
-        # first token (see pairing.py), so chunked prefill stays off.
-        enable_chunked_prefill=False,
-        max_num_batched_tokens=max(config.max_model_len, 4096),
-        async_scheduling=False,
-        gpu_memory_utilization=config.gpu_memory_utilization,
-        enable_lora=config.enable_lora,
-        max_loras=config.max_loras,
-        max_lora_rank=config.max_lora_rank,  # type: ignore[arg-type]
-        max_logprobs=config.max_logprobs,
-        logits_processors=[LinearAlignmentProcessor],
-        worker_extension_cls="server.engine.worker_ext.WeightSwapExtension",
-        max_cpu_loras=max(16, config.max_loras),
-        disable_log_stats=True,
-        seed=0,
-    )
+__all__ = ["EngineConfig", "VLLMEngine"]
 
 
 class VLLMEngine:
-    """Implements :class:`server.engine.base.Engine` on vLLM."""
+    """Implements :class:`server.engine.base.Engine` on vLLM's ``AsyncLLM``."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
-        self._engine: Any = None
+        self._llm: Any = None
         self._renderer: HFChatRenderer | None = None
-        self._thread: threading.Thread | None = None
-        self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        # Engine-thread state (see engine_loop): touched only on the engine thread.
-        self._pending: deque[Job] = deque()
-        self._swaps: deque[Callable[[], None]] = deque()  # run once no request is active
-        self._active_seqs = 0
-        self._jobs: dict[str, Job] = {}  # engine request id -> plain job
-        self._pairs: dict[str, Pair] = {}  # engine request id (either half) -> aligned pair
-        self._book_id = f"book-{uuid.uuid4().hex[:8]}"
         self._table: DeploymentTable | None = None
-        self.book: Any = None
-        self._dead: BaseException | None = None
+        self.runner: RunnerInfo | None = None
+        self.gate = AdmissionGate()
         self._stopping = False
-        self.pair_restarts = 0
-        self.steps = 0
-        self.step_seconds = 0.0  # summed wall time of engine steps, for /metrics
-        self.max_pair_restarts = MAX_PAIR_RESTARTS
+        self._background: set[asyncio.Task[Any]] = set()
+        self.regroups = 0  # guidance groups restarted after losing lockstep
         self.created = int(time.time())
+        from server.engine.deployer import VLLMDeployer
+
+        self._deployer = VLLMDeployer(self)
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self._engine is not None and self._dead is None and not self._stopping
+        return self._llm is not None and not self._stopping and not self._llm.errored
 
     @property
     def max_model_len(self) -> int:
         return self.config.max_model_len
+
+    @property
+    def model_path(self) -> Path:
+        return self.config.model_path
+
+    @property
+    def max_lora_rank(self) -> int:
+        return self.config.max_lora_rank
 
     @property
     def renderer(self) -> HFChatRenderer:
@@ -133,41 +76,49 @@ class VLLMEngine:
             raise ServiceUnavailableError("the engine is still starting")
         return self._renderer
 
+    @property
+    def deployer(self) -> VLLMDeployer:
+        return self._deployer
+
+    @property
+    def llm(self) -> Any:
+        if self._llm is None:
+            raise ServiceUnavailableError("the engine is not ready", retry_after_s=5)
+        return self._llm
+
     async def start(self) -> None:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
         started = time.monotonic()
-        await asyncio.to_thread(self._build)
-        self._thread = threading.Thread(target=self._loop, name="vllm-engine", daemon=True)
-        self._thread.start()
-        logger.info("engine ready in %.1f s (%s)", time.monotonic() - started, self.config)
-
-    def _build(self) -> None:
-        from vllm.v1.engine.llm_engine import LLMEngine
-
-        from server.engine.pairing import open_book
-
-        self.book = open_book(self._book_id)
-        self._engine = LLMEngine.from_engine_args(_engine_args(self.config))
-        self._renderer = HFChatRenderer(self._engine.get_tokenizer())
-        base = ModelVersion(
-            self.config.served_name,
-            0,
-            "base",
-            self.config.model_path,
-            state="live",
-            loaded=True,
-            created=self.created,
-        )
+        vllm_config, self.runner = await asyncio.to_thread(build_vllm_config, self.config)
+        # Built on the event loop, as vLLM's server does: its client binds to this loop.
+        self._llm = AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=True)
+        self._renderer = HFChatRenderer(self._llm.get_tokenizer())
+        base = ModelVersion(self.config.served_name, 0, "base", self.config.model_path,
+                            state="live", loaded=True, created=self.created)
         self._table = DeploymentTable(base)
+        logger.info("engine ready in %.1f s", time.monotonic() - started)
 
     async def shutdown(self) -> None:
-        from server.engine.pairing import close_book
-
         self._stopping = True
-        self._commands.put(None)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 30)
-        close_book(self._book_id)
-        self._engine = None
+        for task in list(self._background):
+            task.cancel()
+        if self._llm is not None:
+            llm, self._llm = self._llm, None
+            await asyncio.to_thread(llm.shutdown)
+
+    def spawn(self, work: Awaitable[Any]) -> None:
+        """Fire-and-forget work (aborts, unloads) that must outlive a cancelled request."""
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                logger.exception("background engine call failed")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- models ----------------------------------------------------------------------------
     @property
@@ -187,169 +138,94 @@ class VLLMEngine:
         return name
 
     def stats(self) -> EngineStats:
-        active = len({*self._jobs.values(), *(p.job for p in self._pairs.values())})
         return EngineStats(
-            running=active,
-            waiting=len(self._pending),
-            extra={
-                "pair_restarts": float(self.pair_restarts),
-                "steps": float(self.steps),
-                "step_seconds": self.step_seconds,
-            },
+            running=self.gate.in_flight,
+            waiting=self.gate.waiting,
+            extra={"pair_restarts": float(self.regroups)},
         )
-
-    # -- helpers used by engine_loop on the engine thread ---------------------------------
-    @property
-    def llm(self) -> Any:
-        return self._engine
-
-    def decode_token(self, token_id: int) -> str:
-        return self.renderer.decode([token_id])
-
-    @staticmethod
-    def as_service_error(exc: Exception) -> Exception:
-        return _as_service_error(exc)
 
     # -- requests --------------------------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationDelta]]:
         if not self.ready:
             raise ServiceUnavailableError("the engine is not ready", retry_after_s=5)
         self.table.lookup(request.model, allow_staged=request.allow_staged)
-        stream = Stream(asyncio.get_running_loop())
-        job = Job(request, stream)
-        self._commands.put(lambda: self._submit(job))
+        if request.alignment is not None:
+            self._check_guidance(request)
+        await self.gate.enter(bypass=request.allow_staged)
+        version: ModelVersion | None = None
+        try:
+            # Bound after the gate: a full swap that ran while we waited is what we get.
+            version = self.table.lookup(request.model, allow_staged=request.allow_staged)
+            version.inflight += 1
+            label = self.table.label_for(version)
+            if request.alignment is None:
+                stream = self._plain(request, version, label)
+            else:
+                stream = run_groups(self, request, version, label)
+            async for deltas in stream:
+                yield deltas
+        finally:
+            self.gate.leave()
+            if version is not None:
+                version.inflight -= 1
+                if version.inflight == 0:
+                    self.spawn(self._deployer.unload_if_idle(version))
+
+    def _check_guidance(self, request: GenerationRequest) -> None:
+        assert self.runner is not None and request.alignment is not None
+        if not self.runner.guidance:
+            raise InvalidRequestError(
+                "alignment is not available: the engine runs with async scheduling",
+                param="alignment",
+            )
+        if request.sampling.logprobs is not None and not self.runner.aligned_logprobs:
+            raise InvalidRequestError(
+                "logprobs with alignment need a single-process executor "
+                "(tensor_parallel_size = pipeline_parallel_size = 1)",
+                param="logprobs",
+            )
+
+    async def _plain(
+        self, request: GenerationRequest, version: ModelVersion, label: str
+    ) -> AsyncIterator[list[GenerationDelta]]:
+        params = sampling_params(request.sampling)
+        collector = await self.add(
+            request.request_id, list(request.prompt_ids), params, lora_request(version)
+        )
         finished = False
         try:
-            while True:
-                item = await stream.queue.get()
-                if item is None:
-                    finished = True
-                    return
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                yield item
+            while not finished:
+                out = await collector.get()
+                finished = out.finished
+                yield plain_deltas(out, request.sampling.logprobs, label, self.renderer.decode)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            raise _engine_error(exc) from exc
         finally:
-            if not finished:  # the client went away: free the engine's slots
-                self._commands.put(lambda: self._abort_job(job))
+            if not finished:
+                self.spawn(self.llm.abort(request.request_id))
+
+    async def add(self, rid: str, prompt_ids: list[int], params: Any, lora: Any) -> Any:
+        """Submit one engine request; vLLM's refusals become 400s, nothing is left behind."""
+        from vllm.exceptions import VLLMValidationError
+
+        try:
+            return await self.llm.add_request(
+                rid, {"prompt_token_ids": prompt_ids}, params, lora_request=lora
+            )
+        except (ValueError, VLLMValidationError) as exc:
+            raise InvalidRequestError(str(exc)) from None
+        except Exception as exc:
+            raise _engine_error(exc) from exc
 
     async def abort(self, request_id: str) -> None:
-        def find_and_abort() -> None:
-            for job in {*self._jobs.values(), *(p.job for p in self._pairs.values())}:
-                if job.request.request_id == request_id:
-                    self._abort_job(job)
-
-        self._commands.put(find_and_abort)
-
-    async def call(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(llm_engine)`` on the engine thread between two steps."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-
-        def run() -> None:
-            try:
-                result = fn(self._engine)
-            except BaseException as exc:  # handed to the caller, never lost
-                loop.call_soon_threadsafe(settle, future, None, exc)
-            else:
-                loop.call_soon_threadsafe(settle, future, result, None)
-
-        self._commands.put(run)
-        return await future
-
-    async def call_drained(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(self)`` on the engine thread once no request is running.
-
-        Admission pauses until it has run: requests in flight finish on the old state, new ones
-        wait in the queue (a full-weight swap never mixes weights inside one response).
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-
-        def run() -> None:
-            try:
-                result = fn(self)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(settle, future, None, exc)
-            else:
-                loop.call_soon_threadsafe(settle, future, result, None)
-
-        self._commands.put(lambda: self._swaps.append(run))
-        return await future
-
-    def _run_swaps_if_drained(self) -> None:
-        from server.engine.engine_loop import admit
-
-        ran = False
-        while self._swaps and not self._jobs and not self._pairs:
-            self._run_command(self._swaps.popleft())
-            ran = True
-        if ran:
-            admit(self)
-
-    # -- engine thread ---------------------------------------------------------------------
-    def _loop(self) -> None:
-        from server.engine.engine_loop import step_once
-
-        while not self._stopping:
-            idle = not self._engine.has_unfinished_requests()
-            try:
-                command = self._commands.get(timeout=0.5) if idle else self._commands.get_nowait()
-            except queue.Empty:
-                command = None
-                if idle:
-                    continue
-            if command is not None:
-                self._run_command(command)
-                while True:  # everything queued joins the same step
-                    try:
-                        more = self._commands.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        return
-                    self._run_command(more)
-            self._run_swaps_if_drained()
-            if self._engine.has_unfinished_requests():
-                began = time.monotonic()
-                try:
-                    step_once(self)
-                except BaseException as exc:
-                    logger.exception("engine step failed; failing all requests")
-                    self._dead = exc
-                    self._fail_all(EngineError("the engine failed; see the server log"))
-                    return
-                self.steps += 1
-                self.step_seconds += time.monotonic() - began
-
-    def _run_command(self, command: Callable[[], None]) -> None:
-        try:
-            command()
-        except Exception:
-            logger.exception("engine command failed")
-
-    def _submit(self, job: Job) -> None:
-        from server.engine.engine_loop import submit
-
-        submit(self, job)
-
-    def _abort_job(self, job: Job) -> None:
-        from server.engine.engine_loop import abort_job
-
-        abort_job(self, job)
-
-    def _fail_all(self, error: Exception) -> None:
-        for job in {*self._jobs.values(), *(p.job for p in self._pairs.values())}:
-            job.stream.push(error)
-        self._jobs.clear()
-        self._pairs.clear()
+        if self._llm is not None:
+            await self._llm.abort(request_id)
 
 
-def _as_service_error(exc: Exception) -> Exception:
-    from server.errors import InvalidRequestError, ServiceError
-
+def _engine_error(exc: Exception) -> ServiceError:
     if isinstance(exc, ServiceError):
         return exc
-    if isinstance(exc, ValueError):
-        return InvalidRequestError(str(exc))
-    return EngineError("the engine could not accept the request")
+    logger.error("engine request failed: %r", exc)
+    return EngineError("the engine failed; see the server log")

@@ -1,0 +1,148 @@
+"""Running the guided choices of one request: submit each group, stream it, restart on loss.
+
+Each choice of an aligned request is a guidance group of two engine requests (see
+``server.engine.guidance``): the *visible* member, whose tokens and text the client receives,
+and its *partner*. The engine core keeps them in lockstep; if a step breaks it, the core ends
+the visible member with ``stop_reason = REGROUP`` before any wrong token leaves it, and the group
+is started again here after its last good token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from server.engine.deployments import ModelVersion
+from server.engine.guidance.groups import REGROUP, Member
+from server.engine.types import GenerationDelta, GenerationRequest
+from server.engine.vllm_convert import lora_request, plain_deltas, sampling_params
+from server.errors import EngineError
+
+if TYPE_CHECKING:
+    from server.engine.vllm_engine import VLLMEngine
+
+logger = logging.getLogger(__name__)
+
+MAX_RESTARTS = 8
+
+
+async def run_groups(
+    engine: VLLMEngine, request: GenerationRequest, version: ModelVersion, label: str
+) -> AsyncIterator[list[GenerationDelta]]:
+    """Deltas of all ``n`` guided choices, merged as they come."""
+    alignment = request.alignment
+    assert alignment is not None
+    against: ModelVersion | None = None
+    if alignment.contrast_against is not None:
+        against = engine.table.lookup(alignment.contrast_against)
+        against.inflight += 1
+    queue: asyncio.Queue[list[GenerationDelta] | BaseException | None] = asyncio.Queue()
+    base_seed = request.sampling.seed
+
+    async def pump(index: int) -> None:
+        # Both members must draw the same sample, so a group is always seeded.
+        seed = base_seed + index if base_seed is not None else random.getrandbits(62)
+        try:
+            async for delta in _run_choice(engine, request, index, seed, version, against, label):
+                queue.put_nowait([delta])
+        except BaseException as exc:
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(None)
+
+    tasks = [asyncio.create_task(pump(i)) for i in range(request.sampling.n)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        if against is not None:
+            against.inflight -= 1
+
+
+async def _run_choice(
+    engine: VLLMEngine,
+    request: GenerationRequest,
+    index: int,
+    seed: int,
+    version: ModelVersion,
+    against: ModelVersion | None,
+    label: str,
+) -> AsyncIterator[GenerationDelta]:
+    alignment = request.alignment
+    assert alignment is not None
+    contrast = against is not None
+    emitted: list[int] = []
+    options = request.sampling
+    for attempt in range(MAX_RESTARTS + 1):
+        left = options.max_tokens - len(emitted)
+        if left <= 0:
+            yield GenerationDelta(index, "", (), finish_reason="length", model_version=label)
+            return
+        group = f"{request.request_id}-{index}-{attempt}"
+        member = Member(
+            group=group,
+            visible=True,
+            lead=contrast,
+            kind="contrast" if contrast else "principle",
+            alpha=alignment.alpha,
+            top_p=alignment.nucleus_top_p,
+            temperature=alignment.nucleus_temperature,
+            want_logprobs=options.logprobs is not None,
+        )
+        partner = dataclasses.replace(member, visible=False, lead=not contrast, want_logprobs=False)
+        step = dataclasses.replace(options, max_tokens=left)
+        visible_params = sampling_params(step, n=1, seed=seed, extra_args=member.args())
+        partner_params = sampling_params(
+            step, n=1, seed=seed, with_stop=False, logprobs=False, detokenize=False,
+            final_only=True, extra_args=partner.args(),
+        )
+        partner_prompt = (
+            list(request.prompt_ids) if contrast else list(alignment.principled_prompt_ids)
+        )
+        visible_id, partner_id = f"{group}-v", f"{group}-p"
+        ended = False
+        regroup = False
+        collector = await engine.add(
+            visible_id, [*request.prompt_ids, *emitted], visible_params, lora_request(version)
+        )
+        try:
+            await engine.add(
+                partner_id,
+                [*partner_prompt, *emitted],
+                partner_params,
+                lora_request(against) if against is not None else lora_request(version),
+            )
+            while not ended:
+                out = await collector.get()
+                ended = out.finished
+                co = out.outputs[0]
+                if co.finish_reason == "abort" and co.stop_reason == REGROUP:
+                    regroup = True
+                    break
+                emitted.extend(co.token_ids)
+                for delta in plain_deltas(out, options.logprobs, label, engine.renderer.decode):
+                    yield dataclasses.replace(delta, index=index)
+        finally:
+            stale = [partner_id] if ended and not regroup else [visible_id, partner_id]
+            engine.spawn(engine.llm.abort(stale))
+        if not regroup:
+            return
+        engine.regroups += 1
+        logger.warning(
+            "request %s choice %d: guidance group lost lockstep; restarting after %d tokens",
+            request.request_id, index, len(emitted),
+        )
+    raise EngineError("guided decoding could not keep its group in step")

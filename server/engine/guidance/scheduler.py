@@ -1,0 +1,253 @@
+"""The engine-core side of guidance groups: a vLLM scheduler that keeps the members together.
+
+vLLM's scheduler sees two unrelated requests; left alone it admits the first member of a group
+while the second still waits, preempts one and keeps the other, or finishes one while the other
+runs on. :class:`GroupScheduler` (``SchedulerConfig.scheduler_cls``) wraps each step:
+
+* **arrival**: a member is held back until every member of its group has arrived, then all are
+  queued together (they travel separately from the API process);
+* **admission**: a waiting group is hidden from the step unless sequence slots and free KV
+  blocks exist for all of its members;
+* **lockstep**: a member that would finish its prefill while its partner cannot (chunked
+  prefill) sits the step out; members get the same draft tokens under speculative decoding;
+* **preemption**: a member whose partner was preempted is preempted too, before the step;
+* **finish**: when one member finishes or is aborted, the group ends;
+* **check**: after every step the members' new tokens are compared. If they differ, or only one
+  member sampled, no token is delivered: the group is aborted and its visible member ends with
+  ``stop_reason = REGROUP``, on which the API process restarts it after its last good token.
+
+Groups stay exact on every path; the rules above make restarts rare (see docs/gpu.md for the
+measured counts).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs, FinishReason
+from vllm.v1.outputs import LogprobsLists
+from vllm.v1.request import Request, RequestStatus
+
+from server.engine.guidance import groups
+from server.engine.guidance.combine import drop_logprobs, take_logprobs
+
+logger = logging.getLogger(__name__)
+
+
+class GroupScheduler(Scheduler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: dict[str, list[Request]] = {}  # group -> members arrived so far
+        self._members: dict[str, list[str]] = {}  # group -> request ids, visible first
+        self._group_of: dict[str, str] = {}  # request id -> group
+        self._want_logprobs: set[str] = set()  # groups whose visible member wants logprobs
+        self.regroups = 0
+        logger.info("guidance groups: scheduler %s in the engine core", type(self).__name__)
+
+    # -- arrival and finish ----------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        member = groups.member_of(request.sampling_params)
+        if member is None:
+            super().add_request(request)
+            return
+        held = self._held.setdefault(member.group, [])
+        held.append(request)
+        if len(held) < member.size:
+            return
+        del self._held[member.group]
+        held.sort(key=lambda r: not _member(r).visible)
+        self._members[member.group] = [r.request_id for r in held]
+        if any(_member(r).want_logprobs for r in held):
+            self._want_logprobs.add(member.group)
+        for r in held:
+            self._group_of[r.request_id] = member.group
+            super().add_request(r)
+
+    def finish_requests(
+        self, request_ids: str | Iterable[str] | None, finished_status: RequestStatus
+    ) -> list[Request]:
+        if request_ids is None:
+            self._held.clear()
+            finished = super().finish_requests(None, finished_status)
+            for group in list(self._members):
+                self._forget(group)
+            return finished
+        ids = {request_ids} if isinstance(request_ids, str) else set(request_ids)
+        touched = {self._group_of[rid] for rid in ids if rid in self._group_of}
+        for group, held in list(self._held.items()):
+            if any(r.request_id in ids for r in held):
+                del self._held[group]
+        for group in touched:
+            ids.update(self._members[group])
+        finished = super().finish_requests(ids, finished_status)
+        for group in touched:
+            self._forget(group)
+        return finished
+
+    def _forget(self, group: str) -> None:
+        for rid in self._members.pop(group, ()):
+            self._group_of.pop(rid, None)
+        self._want_logprobs.discard(group)
+        drop_logprobs(group)
+
+    # -- scheduling ------------------------------------------------------------------------
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        self._keep_together()
+        hidden_running, hidden_waiting = self._hold_back()
+        try:
+            return super().schedule(*args, **kwargs)
+        finally:
+            self.running.extend(r for r in hidden_running if not r.is_finished())
+            if hidden_waiting:
+                self.waiting.prepend_requests(reversed(hidden_waiting))  # keeps their order
+
+    def _requests(self, group: str) -> list[Request]:
+        return [self.requests[rid] for rid in self._members[group] if rid in self.requests]
+
+    def _keep_together(self) -> None:
+        """Preempt a running member whose partner is waiting; share the visible's drafts."""
+        now = time.monotonic()
+        for group in list(self._members):
+            members = self._requests(group)
+            running = [r for r in members if r.status == RequestStatus.RUNNING]
+            if running and len(running) < len(members):
+                for r in running:
+                    self.running.remove(r)
+                    self._preempt_request(r, now)
+            elif running and running[0].spec_token_ids:
+                for r in running[1:]:
+                    r.spec_token_ids = list(running[0].spec_token_ids)
+
+    def _hold_back(self) -> tuple[list[Request], list[Request]]:
+        """Members that must sit this step out (restored after it)."""
+        hide_running: list[Request] = []
+        hide_waiting: list[Request] = []
+        limit = getattr(self, "max_num_active_reqs", self.max_num_running_reqs)
+        free_slots = limit - len(self.running)
+        free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        chunk_cap = self._chunk_cap()
+        for group in self._members:
+            members = self._requests(group)
+            if len(members) < 2:
+                continue
+            if all(r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED) for r in members):
+                need_blocks = sum(-(-r.num_tokens // self.block_size) for r in members)
+                if free_slots < len(members) or need_blocks > free_blocks:
+                    hide_waiting.extend(members)
+                else:
+                    free_slots -= len(members)
+                    free_blocks -= need_blocks
+            elif all(r.status == RequestStatus.RUNNING for r in members):
+                left = [r.num_tokens_with_spec - r.num_computed_tokens for r in members]
+                finishing = [n <= chunk_cap for n in left]
+                if any(finishing) and not all(finishing):
+                    hide_running.extend(r for r, f in zip(members, finishing, strict=True) if f)
+        if hide_running:
+            self.running = [r for r in self.running if r not in hide_running]
+        if hide_waiting:
+            present = [r for r in self.waiting if r in hide_waiting]
+            self.waiting.remove_requests(present)
+            hide_waiting = present
+        return hide_running, hide_waiting
+
+    def _chunk_cap(self) -> int:
+        cap = int(self.max_num_scheduled_tokens)
+        threshold = int(self.scheduler_config.long_prefill_token_threshold or 0)
+        return min(cap, threshold) if threshold > 0 else cap
+
+    # -- after the step --------------------------------------------------------------------
+    def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+        broken = self._broken(scheduler_output, model_runner_output)
+        signals: list[tuple[int, str]] = []
+        for group in broken:
+            visible = self.requests.get(self._members[group][0])
+            if visible is not None:
+                signals.append((visible.client_index, visible.request_id))
+            self.regroups += 1
+            logger.warning("guidance group %s lost lockstep; restarting it", group)
+            self.finish_requests(self._members[group][0], RequestStatus.FINISHED_ABORTED)
+        outputs: dict[int, EngineCoreOutputs] = super().update_from_output(
+            scheduler_output, model_runner_output
+        )
+        for client, rid in signals:
+            _emit(outputs, client, EngineCoreOutput(rid, [], finish_reason=FinishReason.ABORT,
+                                                    stop_reason=groups.REGROUP))
+        self._aligned_logprobs(outputs)
+        self._end_finished_groups(outputs)
+        return outputs
+
+    def _broken(self, scheduler_output: Any, model_runner_output: Any) -> list[str]:
+        scheduled = scheduler_output.num_scheduled_tokens
+        sampled = model_runner_output.sampled_token_ids
+        index = model_runner_output.req_id_to_index
+        broken = []
+        for group, ids in self._members.items():
+            if not any(rid in scheduled for rid in ids):
+                continue
+            new = [
+                list(sampled[index[rid]]) if sampled and rid in index and rid in scheduled else []
+                for rid in ids
+            ]
+            if any(new) and (not all(new) or any(n != new[0] for n in new)):
+                broken.append(group)
+        return broken
+
+    def _aligned_logprobs(self, outputs: dict[int, EngineCoreOutputs]) -> None:
+        """Replace the visible member's logprobs (z_ref's) with the combined distribution's."""
+        if not self._want_logprobs:
+            return
+        wanted = {self._members[g][0]: g for g in self._want_logprobs if g in self._members}
+        for eco in outputs.values():
+            for out in eco.outputs:
+                group = wanted.get(out.request_id)
+                if group is None or out.new_logprobs is None or len(out.new_token_ids) != 1:
+                    continue
+                row = take_logprobs(group)
+                if row is not None:
+                    out.new_logprobs = _logprobs_row(row, out.new_token_ids[0], out.new_logprobs)
+
+    def _end_finished_groups(self, outputs: dict[int, EngineCoreOutputs]) -> None:
+        for group in list(self._members):
+            ids = self._members[group]
+            alive = [rid for rid in ids if rid in self.requests and not
+                     self.requests[rid].is_finished()]
+            if len(alive) == len(ids):
+                continue
+            visible = self.requests.get(ids[0])
+            if ids[0] in alive and visible is not None:
+                # The partner hit the context limit first (its prompt is longer).
+                _emit(outputs, visible.client_index,
+                      EngineCoreOutput(ids[0], [], finish_reason=FinishReason.LENGTH))
+            if alive:
+                super().finish_requests(alive, RequestStatus.FINISHED_ABORTED)
+            self._forget(group)
+
+
+def _member(request: Request) -> groups.Member:
+    member = groups.member_of(request.sampling_params)
+    assert member is not None
+    return member
+
+
+def _emit(outputs: dict[int, EngineCoreOutputs], client: int, out: EngineCoreOutput) -> None:
+    eco = outputs.get(client)
+    if eco is None:
+        outputs[client] = eco = EngineCoreOutputs(outputs=[])
+    eco.outputs.append(out)
+
+
+def _logprobs_row(row: Any, token: int, raw: LogprobsLists) -> LogprobsLists:
+    """A one-position LogprobsLists of width ``raw``'s: the sampled token, then the top-k."""
+    width = raw.logprob_token_ids.shape[1]
+    top = max(width - 1, 0)
+    values, ids = row.topk(top) if top else (row[:0], row[:0].long())
+    token_ids = np.array([[token, *ids.tolist()]], dtype=raw.logprob_token_ids.dtype)
+    chosen = float(row[token])
+    logprobs = np.array([[chosen, *values.tolist()]], dtype=raw.logprobs.dtype)
+    rank = np.array([1 + int((row > row[token]).sum())], dtype=raw.sampled_token_ranks.dtype)
+    return LogprobsLists(token_ids, logprobs, rank, None)
