@@ -228,7 +228,7 @@ def test_dataset_and_checkpoint_records(store: Store) -> None:
     store.add_dataset(ds)
     assert store.get_dataset("ds-1") == ds and store.list_datasets() == [ds]
     assert store.get_dataset("ds-2") is None
-    with pytest.raises(Exception, match="(?i)unique"):
+    with pytest.raises(Exception, match=r"(?i)unique"):
         store.add_dataset(ds)
     first = CheckpointRecord("ckpt-1", "job-1", "/c/1", "dpo", 2.0, {"metrics": {"loss": 1}})
     again = CheckpointRecord("ckpt-1", "job-1", "/c/1b", "dpo", 3.0, {"format": "adapter"})
