@@ -27,6 +27,9 @@ serve: venv
 test: venv
 	# TRL's DPO parity check runs in its own venv (TRL 0.28 cannot import beside transformers 5).
 	$(PY) tests/trl_parity/provision.py
+	# PostgreSQL for the job-store tests: installed here when missing (Debian package); pytest
+	# starts a throw-away server for the session (tests/pg.py). ALIGNSERVE_SKIP_PG=1 skips them.
+	bash scripts/postgres.sh install
 	$(PY) -m pytest -q
 
 test-fast: venv
