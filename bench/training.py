@@ -1,34 +1,23 @@
-"""Our DPO optimizer steps per second versus TRL 0.28's ``DPOTrainer`` on the same job.
+"""Our DPO optimizer steps per second versus TRL 1.16's ``DPOTrainer`` on the same job.
 
 Same model (the embedded SmolLM2-135M-Instruct, fp32, LoRA r=8 / alpha=16 on q/k/v/o, dropout 0),
-same data (the first ``batch_size * (warmup + steps)`` pairs of the development
-``dpo_pairs.jsonl``, trained in the same order), same batch size, beta, learning rate, optimizer
-(``torch.optim.AdamW``, constant LR, no weight decay, same clipping), lengths and hardware, in one
-run. The reference is the base model (adapter disabled) on both sides, computed per batch (each
-example is seen once, so our lazy reference cache never hits and TRL precomputes nothing).
+data (the first ``batch_size * (warmup + steps)`` pairs of the development ``dpo_pairs.jsonl``
+whose prompt fits ``max_prompt_length``, since TRL 1.16 has no prompt cut; trained once each, in
+the same order), batch, beta, learning rate, optimizer (``torch.optim.AdamW``, constant LR) and
+hardware, in one lock-step run; the reference is the base model (adapter disabled) on both sides.
+TRL uses its documented speed settings that work on a CPU (see ``docs/benchmarks.md``):
+``precompute_ref_log_probs`` (its time charged to TRL's timed steps pro rata), no gradient
+checkpointing, its fused LM head; fp32 like ours (``--trl-bf16``: a side measurement).
 
-    .venv/bin/python tests/trl_parity/provision.py   # once: the TRL 0.28 venv (~1.5 min)
+    .venv/bin/python tests/trl_parity/provision.py   # once: the TRL 1.16 venv (~1.5 min)
     .venv/bin/python bench/training.py --output /tmp/bench_training.json
 
-Ours runs in this process through the real code path a worker uses (``trainers.loop.train`` on
-the ``dpo`` recipe's stages, with a ``TrainContext`` built as ``trainers.runner.run_job`` builds
-it, minus the job store and the final checkpoint). TRL runs in its venv as a subprocess
-(``bench/trl_dpo_baseline.py``; TRL 0.28 cannot be imported beside transformers 5); peft, which
-that venv lacks, is installed once into a side folder with ``pip --no-deps --target``.
-
-Timing, in lock-step: the two trainers run at the same time but take turns, one optimizer step
-each (TRL first on odd steps, ours first on even ones), the other blocked meanwhile, so a
-drifting load on this shared machine hits both alike. Our step runs from the loop's
-``Control.check()`` to its ``Control.report()`` (batch, forward, reference, backward, clipping,
-AdamW, metrics); TRL's from the ``go`` that releases it to ``on_step_end`` (so also its logging
-of the step before and its collation). Steps/s = timed steps / summed step time over steps
-``warmup+1 .. warmup+steps`` (model loading, tokenisation and warm-up steps untimed). Both sides
-train the same batches, so per-step batch lengths cancel. Machine-wide busy cores during each
-side's steps are recorded, the benchmarked process subtracted, because the host is shared.
-
-Checks: the first step's losses agree (both log 2: with a fresh adapter the policy is the
-reference), the first batch's per-example summed log-probs (policy and reference) agree, and the
-token ids both sides train on are the same, example by example.
+Ours runs in this process through the worker's code path (``trainers.loop.train`` on the
+``dpo`` recipe's stages); TRL in its venv as a subprocess (``bench/trl_dpo_baseline.py``). The two
+take turns, one optimizer step each (TRL first on odd steps, ours first on even ones), the other
+blocked, so a drifting load hits both alike; TRL's precompute runs while ours waits. Checks: the
+first step's losses agree (log 2: a fresh adapter makes policy = reference), so do the first
+batch's per-example log-probs and the token ids of every example.
 """
 
 from __future__ import annotations
@@ -40,7 +29,6 @@ import logging
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,24 +42,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from tests.trl_parity.provision import TRL_VERSION, is_ready, venv_dir, venv_python
-from trainers.loop import TrainContext, batch_indices, train
-from trainers.modeling import encode, load_policy, load_tokenizer
-from trainers.recipes import RECIPES, stages
+from bench.trl_dpo_baseline import TrlProcess, tick
 from contracts.specs import DPOSpec, parse_spec
+from trainers.loop import TrainContext, batch_indices, train
+from trainers.modeling import encode, load_policy, load_tokenizer, render_prompt
+from trainers.recipes import RECIPES, stages
 
 logger = logging.getLogger("bench.training")
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TRL_SCRIPT = Path(__file__).with_name("trl_dpo_baseline.py")
 LOSS_TOL = 1e-4
-LOGPS_TOL = 5e-3  # summed fp32 log-probs over up to 512 tokens, two transformers versions
+LOGPS_TOL = 5e-3  # summed fp32 log-probs over up to 512 tokens, padded vs unpadded
 
 
-def default_home() -> Path:
-    return Path(os.environ.get("ALIGNSERVE_HOME", REPO_ROOT / ".home"))
-
-
-# -- machine load -----------------------------------------------------------------------------
 @dataclass
 class Tick:
     """One instant: wall clock, this process's CPU seconds, machine-wide busy / total jiffies."""
@@ -83,21 +65,10 @@ class Tick:
 
     @staticmethod
     def now() -> Tick:
-        busy, total = _proc_stat()
-        return Tick(time.perf_counter(), time.process_time(), busy, total)
+        wall, cpu, busy, total = tick()
+        return Tick(wall, cpu, int(busy), int(total))
 
 
-def _proc_stat() -> tuple[int, int]:
-    try:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return 0, 0
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    return sum(values) - idle, sum(values)
-
-
-# -- results ----------------------------------------------------------------------------------
 @dataclass
 class SideResult:
     """One trainer's timed steps."""
@@ -114,8 +85,9 @@ class SideResult:
 
 def side_result(
     name: str, spans: list[tuple[Tick, Tick]], warmup: int, steps: int, losses: list[float],
-    first_logps: dict[str, list[float]], extra: dict[str, Any],
+    first_logps: dict[str, list[float]], extra: dict[str, Any], overhead: float = 0.0,
 ) -> SideResult:
+    """``overhead``: seconds of one-off work charged to the timed steps (TRL's precompute)."""
     if len(spans) < warmup + steps:
         raise RuntimeError(f"{name}: {len(spans)} steps timed, wanted {warmup + steps}")
     timed = spans[warmup : warmup + steps]
@@ -126,95 +98,26 @@ def side_result(
     machine = (os.cpu_count() or 1) * busy / total if total > 0 else float("nan")
     load = {"machine_busy_cores": machine, "own_cores": cpu / wall,
             "other_busy_cores": machine - cpu / wall}
-    return SideResult(name, steps / wall, [e.wall - s.wall for s, e in spans], cpu / steps,
-                      losses[: warmup + steps], first_logps, load, extra)
+    return SideResult(name, steps / (wall + overhead), [e.wall - s.wall for s, e in spans],
+                      cpu / steps, losses[: warmup + steps], first_logps, load,
+                      {**extra, "steps_only_per_s": steps / wall, "charged_overhead_s": overhead})
 
 
-# -- TRL, in its venv -------------------------------------------------------------------------
-def peft_overlay(python: Path) -> Path:
-    """A folder with the project's peft version for the TRL venv (which has none); its
-    dependencies are all in that venv already, so ``--no-deps``."""
-    version = importlib.metadata.version("peft")
-    target = Path.home() / ".cache" / "alignserve" / f"trl-bench-peft-{version}"
-    if not (target / f"peft-{version}.dist-info").is_dir():
-        logger.info("installing peft==%s into %s for the TRL venv", version, target)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-             str(target), f"peft=={version}"],
-            check=True,
-        )
-    return target
+def trl_job(spec: DPOSpec, ordered: list[dict[str, Any]], model: Path,
+            speed: dict[str, Any]) -> dict[str, Any]:
+    """The job ``bench/trl_dpo_baseline.py`` reads (also used by the parity test)."""
+    return {"model": str(model), "threads": torch.get_num_threads(),
+            "lora": spec.lora.model_dump(), "hyperparameters": spec.hyperparameters.model_dump(),
+            "records": ordered, "trl": speed}
 
 
-class TrlProcess:
-    """``bench/trl_dpo_baseline.py`` in the TRL venv, driven one step at a time."""
-
-    def __init__(self, spec: DPOSpec, ordered: list[dict[str, Any]], folder: Path,
-                 model: Path) -> None:
-        root = venv_dir()
-        if not is_ready(root):
-            raise SystemExit(f"TRL {TRL_VERSION} venv missing at {root}; run: "
-                             ".venv/bin/python tests/trl_parity/provision.py")
-        python = venv_python(root)
-        overlay = peft_overlay(python)
-        job = {"model": str(model), "threads": torch.get_num_threads(),
-               "lora": spec.lora.model_dump(), "hyperparameters": spec.hyperparameters.model_dump(),
-               "records": ordered}
-        job_path, self.out_path = folder / "job.json", folder / "result.json"
-        job_path.write_text(json.dumps(job))
-        env = {**os.environ, "PYTHONPATH": str(overlay), "HF_HUB_OFFLINE": "1",
-               "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false"}
-        self.proc = subprocess.Popen(
-            [str(python), str(TRL_SCRIPT), "--input", str(job_path), "--output",
-             str(self.out_path)],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            bufsize=1,
-        )
-        self.spans: list[tuple[Tick, Tick]] = []
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"TRL process ended early (exit {self.proc.wait()})")
-        message: dict[str, Any] = json.loads(line)
-        return message
-
-    def wait_ready(self) -> None:
-        message = self._read()
-        if message.get("event") != "ready":
-            raise RuntimeError(f"unexpected message from TRL: {message}")
-
-    def step(self) -> None:
-        """Release one TRL optimizer step and wait for it to end."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        message = self._read()
-        self.spans.append((Tick(*message["start"]), Tick(*message["end"])))
-        logger.info("TRL  step %d: %.1f s", message["step"], self.spans[-1][1].wall
-                    - self.spans[-1][0].wall)
-
-    def finish(self, timeout: float) -> dict[str, Any]:
-        if self.proc.wait(timeout=timeout) != 0:
-            raise RuntimeError(f"TRL process failed with exit {self.proc.returncode}")
-        result: dict[str, Any] = json.loads(self.out_path.read_text())
-        return result
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-# -- our trainer, in lock-step with TRL -------------------------------------------------------
 class LockstepControl:
     """The loop's ``Control``: never stops; times each of our steps from ``check()`` to
-    ``report()`` and lets TRL take its step k before ours on odd k, after ours on even k."""
+    ``report()`` and lets TRL take its step k before ours on odd k, after ours on even k
+    (``trl=None``: ours alone, as in the parity test)."""
 
-    def __init__(self, trl: TrlProcess) -> None:
-        self.trl = trl
+    def __init__(self, trl: TrlProcess | None, precompute: bool = True) -> None:
+        self.trl, self.precompute = trl, precompute
         self.spans: list[tuple[Tick, Tick]] = []
         self.metrics: list[dict[str, float]] = []
         self._step = 0
@@ -222,7 +125,9 @@ class LockstepControl:
 
     def check(self) -> None:
         self._step += 1
-        if self._step % 2 == 1:
+        if self.trl is not None and not self.trl.started:
+            self.trl.start(self.precompute)  # after our loading and tokenisation
+        if self.trl is not None and self._step % 2 == 1:
             self.trl.step()
         self._start = Tick.now()
 
@@ -232,44 +137,43 @@ class LockstepControl:
         self.metrics.append({"step": float(step), **metrics})
         logger.info("ours step %d: %.1f s, loss %.6f", step, end.wall - self._start.wall,
                     metrics["loss"])
-        if step % 2 == 0:
+        if self.trl is not None and step % 2 == 0:
             self.trl.step()
 
     def event(self, message: str, data: dict[str, Any] | None = None) -> None:
         logger.debug("ours: %s", message)
 
-    def resume_point(self, step: int, path: str) -> None:
-        return None
+    def resume_point(self, step: int, path: str) -> None:  # never asked for: no checkpoints
+        pass
 
 
-def make_spec(args: argparse.Namespace) -> DPOSpec:
+def make_spec(model: Path, steps: int, batch_size: int, learning_rate: float, beta: float,
+              max_length: int, max_prompt_length: int, seed: int) -> DPOSpec:
     spec = parse_spec({
-        "method": "dpo", "dataset": "bench", "model": str(args.model),
+        "method": "dpo", "dataset": "bench", "model": str(model),
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
         "hyperparameters": {
-            "max_steps": args.warmup + args.steps, "batch_size": args.batch_size,
-            "learning_rate": args.learning_rate, "beta": args.beta,
-            "max_length": args.max_length, "max_prompt_length": args.max_prompt_length,
-            "seed": args.seed, "checkpoint_every": 1_000_000,  # no resume points mid-run
+            "max_steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
+            "beta": beta, "max_length": max_length, "max_prompt_length": max_prompt_length,
+            "seed": seed, "checkpoint_every": 1_000_000,  # no resume points mid-run
         },
     })
     assert isinstance(spec, DPOSpec)
     return spec
 
 
-def training_order(spec: DPOSpec, n: int, steps: int) -> list[int]:
+def training_order(spec: DPOSpec, n: int) -> list[int]:
     """Record indices in the order our loop trains them (stage 0's batches)."""
     hp = spec.hyperparameters
-    return [i for s in range(steps) for i in batch_indices(s, n, hp.batch_size, hp.seed)]
+    return [i for s in range(hp.max_steps) for i in batch_indices(s, n, hp.batch_size, hp.seed)]
 
 
 @contextmanager
 def recording_first_logps(found: dict[str, list[float]]) -> Iterator[None]:
     """Record the per-example log-probs of the loop's first batch as ``PairStage`` computes
-    them: the policy's ``batch_logps`` call and the reference's two ``frozen_logps`` calls
-    (chosen, then rejected). The calls themselves are unchanged; only their first results are
-    copied (this avoids extra untimed forward passes on a 2-core machine)."""
+    them (the policy's ``batch_logps`` call, the reference's two ``frozen_logps`` calls); the
+    calls are unchanged, only their first results are copied."""
     original_batch, original_frozen = stages.batch_logps, stages.frozen_logps
 
     def batch(model: torch.nn.Module, items: Any, pad_id: int, **kw: Any) -> torch.Tensor:
@@ -293,45 +197,51 @@ def recording_first_logps(found: dict[str, list[float]]) -> Iterator[None]:
         stages.batch_logps, stages.frozen_logps = original_batch, original_frozen
 
 
-def run_both(
-    args: argparse.Namespace, spec: DPOSpec, records: list[dict[str, Any]], tokenizer: Any,
-) -> tuple[SideResult, SideResult, list[dict[str, list[int]]]]:
-    ordered = [records[i] for i in training_order(spec, len(records), args.warmup + args.steps)]
+def train_ours(spec: DPOSpec, tokenizer: Any, records: list[dict[str, Any]], work: Path,
+               control: LockstepControl) -> dict[str, list[float]]:
+    """Our DPO job as a worker runs it; returns the first batch's per-example log-probs."""
+    torch.manual_seed(spec.hyperparameters.seed)  # as trainers.runner.run_job
+    policy = load_policy(spec.model, spec.finetuning, spec.lora)
+    ctx = TrainContext("bench", spec, spec.model, work, tokenizer, {"policy": policy}, control)
+    first: dict[str, list[float]] = {}
+    with recording_first_logps(first):
+        train(ctx, RECIPES.get("dpo").stages(ctx, records), None)
+    return first
+
+
+def run_both(args: argparse.Namespace, spec: DPOSpec, records: list[dict[str, Any]],
+             tokenizer: Any) -> tuple[SideResult, SideResult, dict[str, Any]]:
+    ordered = [records[i] for i in training_order(spec, len(records))]
+    speed = {"precompute_ref_log_probs": not args.trl_no_precompute, "bf16": args.trl_bf16,
+             "precompute_ref_batch_size": args.trl_precompute_batch_size}
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
-        trl = TrlProcess(spec, ordered, Path(tmp), args.model)  # loads while we load
+        trl = TrlProcess(trl_job(spec, ordered, args.model, speed), Path(tmp))  # loads as we do
         try:
-            torch.manual_seed(spec.hyperparameters.seed)  # as trainers.runner.run_job
-            policy = load_policy(str(args.model), spec.finetuning, spec.lora)
-            first_logps: dict[str, list[float]] = {}
-            control = LockstepControl(trl)
-            ctx = TrainContext("bench", spec, str(args.model), Path(tmp) / "work", tokenizer,
-                               {"policy": policy}, control)
-            pair_stages = RECIPES.get("dpo").stages(ctx, records)
-            trl.wait_ready()
-            with recording_first_logps(first_logps):
-                train(ctx, pair_stages, None)
+            control = LockstepControl(trl, precompute=not args.trl_no_precompute)
+            first_logps = train_ours(spec, tokenizer, records, Path(tmp) / "work", control)
             result = trl.finish(args.timeout)
         finally:
             trl.kill()
     ours = side_result("alignserve", control.spans, args.warmup, args.steps,
                        [m["loss"] for m in control.metrics], first_logps,
                        {"threads": torch.get_num_threads()})
+    share = args.steps / (args.warmup + args.steps)
     theirs = side_result(
-        "trl", trl.spans, args.warmup, args.steps, result["losses"],
-        result["first_batch_logps"],
+        "trl", [(Tick(*a), Tick(*b)) for a, b in trl.spans], args.warmup, args.steps,
+        result["losses"], result["first_batch_logps"],
         {"versions": result["versions"], "threads": result["threads"],
-         "optimizer": result["optimizer"]},
+         "optimizer": result["optimizer"], "settings": result["settings"],
+         "precompute_s": trl.precompute_s},
+        overhead=trl.precompute_s * share,
     )
-    return ours, theirs, result["tokens"]
+    return ours, theirs, result
 
 
-# -- checks -----------------------------------------------------------------------------------
-def compare_tokens(
-    spec: DPOSpec, tokenizer: Any, ordered: list[dict[str, Any]],
-    trl_tokens: list[dict[str, list[int]]],
-) -> int:
+def compare_tokens(spec: DPOSpec, tokenizer: Any, ordered: list[dict[str, Any]],
+                   trl_tokens: list[dict[str, list[int]]]) -> int:
     """Examples whose (prompt, chosen, rejected) token ids differ between the two trainers, after
-    TRL's ``keep_start`` cut at ``max_length`` (TRL cuts in ``concatenated_forward``)."""
+    TRL's ``keep_start`` cut at ``max_length`` (TRL cuts in its collator; it has no prompt cut,
+    so a prompt longer than our ``max_prompt_length`` shows up here)."""
     hp = spec.hyperparameters
     mismatches = 0
     for record, theirs in zip(ordered, trl_tokens, strict=True):
@@ -339,37 +249,34 @@ def compare_tokens(
             ours = encode(tokenizer, record["messages"], record[key], hp.max_length,
                           hp.max_prompt_length)
             keep = hp.max_length - len(theirs["prompt"])
-            if list(ours.prompt) != theirs["prompt"] or list(ours.completion) != theirs[key][
-                :keep
-            ]:
+            if (list(ours.prompt), list(ours.completion)) != (theirs["prompt"], theirs[key][:keep]):
                 mismatches += 1
                 break
     return mismatches
 
 
-def forward_tokens(
-    spec: DPOSpec, tokenizer: Any, records: list[dict[str, Any]], steps: range,
-) -> dict[str, float]:
-    """Token positions each trainer runs through the decoder per step (padding included), on
-    average over ``steps`` (0-based). TRL runs the policy and the reference on the 2B
-    [chosen; rejected] rows padded to the longest; ours runs every sequence unpadded
-    (``trainers.modeling.batch_logps``), policy and reference alike."""
+def forward_tokens(spec: DPOSpec, tokenizer: Any, ordered: list[dict[str, Any]],
+                   warmup: int) -> dict[str, float]:
+    """Token positions run through the decoder per timed step, policy + reference: ours
+    unpadded; TRL's [chosen; rejected] rows padded to the longest (its reference pass is in the
+    precompute, over batches of the same size when ``precompute_ref_batch_size`` is unset)."""
     hp = spec.hyperparameters
-    real = ours = trl = 0
+    real = padded = 0
+    steps = range(warmup, hp.max_steps)
     for step in steps:
-        lengths: dict[str, list[int]] = {"chosen": [], "rejected": []}
-        for i in batch_indices(step, len(records), hp.batch_size, hp.seed):
-            for key, found in lengths.items():
-                e = encode(tokenizer, records[i]["messages"], records[i][key], hp.max_length,
-                           hp.max_prompt_length)
-                found.append(len(e.prompt) + len(e.completion))
-        rows = lengths["chosen"] + lengths["rejected"]
-        policy = len(rows) * max(rows)
-        real += sum(rows)
-        ours += 2 * sum(rows)
-        trl += 2 * policy
+        batch = ordered[step * hp.batch_size : (step + 1) * hp.batch_size]
+        rows = [len(e.prompt) + len(e.completion) for key in ("chosen", "rejected")
+                for e in (encode(tokenizer, r["messages"], r[key], hp.max_length,
+                                 hp.max_prompt_length) for r in batch)]
+        real, padded = real + sum(rows), padded + len(rows) * max(rows)
     n = max(len(steps), 1)
-    return {"real_per_pass": real / n, "alignserve": ours / n, "trl": trl / n}
+    return {"real_per_pass": real / n, "alignserve": 2 * real / n, "trl": 2 * padded / n}
+
+
+def fits(tokenizer: Any, record: dict[str, Any], max_prompt_length: int) -> bool:
+    """Whether the prompt is kept whole by our ``max_prompt_length`` (TRL 1.16 never cuts it)."""
+    prompt = tokenizer(render_prompt(tokenizer, record["messages"]), add_special_tokens=False)
+    return len(prompt.input_ids) <= max_prompt_length
 
 
 def max_abs_diff(a: list[float], b: list[float]) -> float:
@@ -379,8 +286,11 @@ def max_abs_diff(a: list[float], b: list[float]) -> float:
 def summarise(ours: SideResult, trl: SideResult, warmup: int) -> dict[str, Any]:
     first_ours, first_trl = ours.losses[0], trl.losses[0]
     return {
-        "steps_per_s": {"alignserve": ours.steps_per_s, "trl": trl.steps_per_s},
+        "steps_per_s": {"alignserve": ours.steps_per_s, "trl": trl.steps_per_s,
+                        "trl_steps_only": trl.extra["steps_only_per_s"]},
         "ratio": ours.steps_per_s / trl.steps_per_s,
+        "ratio_trl_steps_only": ours.steps_per_s / trl.extra["steps_only_per_s"],
+        "trl_precompute_s": trl.extra["precompute_s"],
         "paired_step_ratio_median": statistics.median(
             t / o for o, t in zip(ours.step_s[warmup:], trl.step_s[warmup:], strict=True)
         ),
@@ -400,21 +310,24 @@ def summarise(ours: SideResult, trl: SideResult, warmup: int) -> dict[str, Any]:
 
 
 def parse_args() -> argparse.Namespace:
-    home = default_home()
+    home = Path(os.environ.get("ALIGNSERVE_HOME", REPO_ROOT / ".home"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=home / "models" / "smollm2-135m-instruct")
     parser.add_argument("--data", type=Path, default=home / "data" / "dev" / "dpo_pairs.jsonl")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (>= 0)")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps")
+    for flag, default in (("--batch-size", 2), ("--warmup", 1), ("--steps", 6), ("--seed", 0),
+                          ("--max-length", 512), ("--max-prompt-length", 256)):
+        parser.add_argument(flag, type=int, default=default)  # warmup: untimed steps first
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--max-prompt-length", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for both sides (default: torch's default)")
-    parser.add_argument("--target", type=float, default=1.2, help="wanted ours/TRL ratio")
+    parser.add_argument("--trl-no-precompute", action="store_true",
+                        help="TRL computes the reference every step instead of up front")
+    parser.add_argument("--trl-precompute-batch-size", type=int, default=None,
+                        help="TRL's precompute_ref_batch_size (default: the batch size)")
+    parser.add_argument("--trl-bf16", action="store_true",
+                        help="TRL with bf16 autocast (not the job's fp32 arithmetic)")
+    parser.add_argument("--target", type=float, default=1.3, help="wanted ours/TRL ratio")
     parser.add_argument("--timeout", type=float, default=300,
                         help="seconds to wait for the TRL process after the last step")
     parser.add_argument("--output", type=Path, default=None, help="JSON with every number")
@@ -432,23 +345,27 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    spec = make_spec(args)
     total = args.warmup + args.steps
-    with args.data.open(encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()][: args.batch_size * total]
-    if len(records) < args.batch_size * total:
-        raise SystemExit(f"{args.data} has fewer than {args.batch_size * total} pairs")
+    spec = make_spec(args.model, total, args.batch_size, args.learning_rate, args.beta,
+                     args.max_length, args.max_prompt_length, args.seed)
     tokenizer = load_tokenizer(str(args.model))
+    with args.data.open(encoding="utf-8") as f:
+        every = [json.loads(line) for line in f if line.strip()]
+    records = [r for r in every if fits(tokenizer, r, args.max_prompt_length)]
+    records = records[: args.batch_size * total]
+    if len(records) < args.batch_size * total:
+        raise SystemExit(f"{args.data} has fewer than {args.batch_size * total} usable pairs")
     loadavg_start = os.getloadavg()
     logger.info("load average %s on %d CPUs; %d torch threads per trainer", loadavg_start,
                 os.cpu_count() or 0, torch.get_num_threads())
     started = time.perf_counter()
-    ours, trl, trl_tokens = run_both(args, spec, records, tokenizer)
-    ordered = [records[i] for i in training_order(spec, len(records), total)]
+    ours, trl, result = run_both(args, spec, records, tokenizer)
+    ordered = [records[i] for i in training_order(spec, len(records))]
     summary = summarise(ours, trl, args.warmup)
-    summary["token_mismatched_examples"] = compare_tokens(spec, tokenizer, ordered, trl_tokens)
-    summary["forward_tokens_per_step"] = forward_tokens(
-        spec, tokenizer, records, range(args.warmup, total))
+    summary["token_mismatched_examples"] = compare_tokens(spec, tokenizer, ordered,
+                                                          result["tokens"])
+    summary["forward_tokens_per_step"] = forward_tokens(spec, tokenizer, ordered, args.warmup)
+    summary["trl_settings"] = result["settings"]
     summary["checks"] = {
         "first_step_loss_equal": summary["first_step_loss"]["abs_diff"] < LOSS_TOL,
         "first_batch_logps_equal": summary["first_batch_logps_max_abs_diff"] < LOGPS_TOL,
@@ -462,9 +379,8 @@ def main() -> int:
                    "data": str(args.data), "target": args.target},
         "machine": {"cpus": os.cpu_count(), "loadavg_start": loadavg_start,
                     "loadavg_end": os.getloadavg(), "wall_s": time.perf_counter() - started,
-                    "torch": torch.__version__,
-                    "transformers": importlib.metadata.version("transformers"),
-                    "peft": importlib.metadata.version("peft")},
+                    **{name: importlib.metadata.version(name)
+                       for name in ("torch", "transformers", "peft")}},
         "summary": summary,
         "runs": [asdict(ours), asdict(trl)],
     }
@@ -472,7 +388,7 @@ def main() -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "first_batch_logps"}, indent=1))
-    logger.info("ours %.4f steps/s, TRL %.4f steps/s: %.2fx (target %.1fx)",
+    logger.info("ours %.4f steps/s, TRL %.4f steps/s (precompute charged): %.2fx (target %.1fx)",
                 ours.steps_per_s, trl.steps_per_s, summary["ratio"], args.target)
     parity = [k for k, ok in summary["checks"].items() if k != "target_met" and not ok]
     if parity:

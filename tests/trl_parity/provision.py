@@ -1,41 +1,48 @@
-"""Create the isolated virtual environment used by the TRL parity test (stdlib only).
+"""Create the isolated virtual environment for TRL's ``DPOTrainer`` (stdlib only).
 
-TRL 0.28.0 is the last release whose ``"sigmoid"`` DPO loss applies ``label_smoothing`` (cDPO)
-and that has ``DPOTrainer.concatenated_forward`` / ``dpo_loss``. It cannot run in the project
-environment: with transformers 5.x, ``transformers.utils.import_utils._is_package_available``
-returns a ``(bool, version)`` tuple, which TRL 0.28 reads as "available" for every optional
-package (e.g. ``import weave`` fails on ``import trl.trainer.dpo_trainer``). So the comparison
-runs in its own venv with a transformers 4.x that TRL 0.28 supports, and the project
-environment is never touched.
+TRL 1.16.0 needs ``transformers>=4.56.2``, ``accelerate>=1.10.1``, ``datasets>=4.7.0`` (and
+through it ``pyarrow``, ``pandas``, ``multiprocess``, ``xxhash``) and no particular torch; peft
+is an extra (``trl[peft]``: ``peft>=0.13.0``). So it runs on the project's own transformers 5,
+torch and peft. It still gets a venv of its own, so that ``datasets``, ``pyarrow`` and
+``pandas`` (which the project does not need) and TRL itself never enter the project
+environment, and so that nothing in the project can import TRL by accident. That venv pins the
+project's exact versions of torch, transformers, peft and accelerate: both trainers run the very
+same model, LoRA and optimizer code, and TRL loads the model folder and tokenizer as we do.
 
-Usage (with the project's interpreter, whose torch version the parity venv copies)::
+Usage (with the project's interpreter, whose versions the TRL venv copies)::
 
-    .venv/bin/python tests/trl_parity/provision.py          # creates the venv (~1.5 min, once)
+    .venv/bin/python tests/trl_parity/provision.py          # creates the venv (~1 min, once)
     .venv/bin/python tests/trl_parity/provision.py --print  # prints where it is / would be
 
-The location is ``$ALIGNSERVE_TRL_VENV`` or ``~/.cache/alignserve/trl-parity-venv`` (outside the
-repository, ~1.4 GB). pip inside it uses the ordinary pip configuration; where the ``+cpu`` torch
-wheel is not available locally, set ``PIP_EXTRA_INDEX_URL`` to the PyTorch CPU index first.
+The location is ``$ALIGNSERVE_TRL_VENV`` or ``~/.cache/alignserve/trl-<version>-venv`` (outside
+the repository, ~1.5 GB). It is rebuilt when the project's pinned versions change. pip inside it
+uses the ordinary pip configuration; where the ``+cpu`` torch wheel is not available locally,
+set ``PIP_EXTRA_INDEX_URL`` to the PyTorch CPU index first.
+
+TRL 0.28 (the previous anchor) is no longer provisioned: see ``test_trl_parity.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import logging
 import os
 import subprocess
 import sys
 import venv
 from pathlib import Path
 
-TRL_VERSION = "0.28.0"
-TRANSFORMERS_VERSION = "4.57.6"
-MARKER = ".alignserve-trl-parity"
+TRL_VERSION = "1.16.0"
+# Installed in the TRL venv at exactly the project's versions (same model and LoRA code).
+SHARED = ("torch", "transformers", "peft", "accelerate")
+MARKER = ".alignserve-trl"
+logger = logging.getLogger("trl_parity.provision")
 
 
 def venv_dir() -> Path:
-    """Where the parity venv lives (outside the repository)."""
-    default = Path.home() / ".cache" / "alignserve" / "trl-parity-venv"
+    """Where the TRL venv lives (outside the repository)."""
+    default = Path.home() / ".cache" / "alignserve" / f"trl-{TRL_VERSION}-venv"
     return Path(os.environ.get("ALIGNSERVE_TRL_VENV", default)).expanduser()
 
 
@@ -44,10 +51,9 @@ def venv_python(root: Path) -> Path:
 
 
 def requirements() -> list[str]:
-    """Pinned packages: TRL, a transformers it supports, and the project's torch version."""
-    torch_version = importlib.metadata.version("torch")  # same torch as the project env
-    return [f"torch=={torch_version}", f"transformers=={TRANSFORMERS_VERSION}",
-            f"trl=={TRL_VERSION}"]
+    """Pinned packages: TRL, and the project's own versions of what both trainers share."""
+    shared = [f"{name}=={importlib.metadata.version(name)}" for name in SHARED]
+    return [*shared, f"trl=={TRL_VERSION}"]
 
 
 def is_ready(root: Path) -> bool:
@@ -59,22 +65,23 @@ def is_ready(root: Path) -> bool:
 
 def provision(root: Path) -> None:
     if is_ready(root):
-        print(f"ready: {root}")
+        logger.info("ready: %s", root)
         return
-    print(f"creating {root}", flush=True)
+    logger.info("creating %s with %s", root, " ".join(requirements()))
     venv.EnvBuilder(with_pip=True, clear=True).create(root)
     subprocess.run(
         [str(venv_python(root)), "-m", "pip", "install", "--quiet", *requirements()],
         check=True,
     )
     (root / MARKER).write_text(" ".join(requirements()) + "\n")
-    print(f"ready: {root}")
+    logger.info("ready: %s", root)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--print", action="store_true", help="print the venv path and exit")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = venv_dir()
     if args.print:
         print(root, "(ready)" if is_ready(root) else "(missing)")
