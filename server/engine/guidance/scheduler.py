@@ -8,16 +8,19 @@ runs on. :class:`GroupScheduler` (``SchedulerConfig.scheduler_cls``) wraps each 
   queued together (they travel separately from the API process);
 * **admission**: a waiting group is hidden from the step unless sequence slots and free KV
   blocks exist for all of its members;
-* **lockstep**: a member that would finish its prefill while its partner cannot (chunked
-  prefill) sits the step out; members get the same draft tokens under speculative decoding;
+* **lockstep**: under chunked prefill, a member that could finish its prefill while its
+  partner's remainder is larger than a whole step sits the step out, so both sample their first
+  token in the same step; members get the same draft tokens under speculative decoding;
 * **preemption**: a member whose partner was preempted is preempted too, before the step;
 * **finish**: when one member finishes or is aborted, the group ends;
 * **check**: after every step the members' new tokens are compared. If they differ, or only one
   member sampled, no token is delivered: the group is aborted and its visible member ends with
   ``stop_reason = REGROUP``, on which the API process restarts it after its last good token.
 
-Groups stay exact on every path; the rules above make restarts rare (see docs/gpu.md for the
-measured counts).
+Groups stay exact on every path; the rules above make restarts rare. What they cannot prevent:
+vLLM preempting a member inside a step after its partner was scheduled (``_make_room`` frees
+room beforehand for the common case), and two prefill remainders that each fit a step but not
+together alongside other traffic. Both end in a restart that hits the prefix cache.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from server.engine.guidance.combine import drop_logprobs, take_logprobs
 
 logger = logging.getLogger(__name__)
 
+_WAITING = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+
 
 class GroupScheduler(Scheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -46,6 +51,7 @@ class GroupScheduler(Scheduler):
         self._members: dict[str, list[str]] = {}  # group -> request ids, visible first
         self._group_of: dict[str, str] = {}  # request id -> group
         self._want_logprobs: set[str] = set()  # groups whose visible member wants logprobs
+        self._staged: set[str] = set()  # groups whose long prompt started alone
         self.regroups = 0
         logger.info("guidance groups: scheduler %s in the engine core", type(self).__name__)
 
@@ -93,12 +99,12 @@ class GroupScheduler(Scheduler):
         for rid in self._members.pop(group, ()):
             self._group_of.pop(rid, None)
         self._want_logprobs.discard(group)
+        self._staged.discard(group)
         drop_logprobs(group)
 
     # -- scheduling ------------------------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
-        self._keep_together()
-        hidden_running, hidden_waiting = self._hold_back()
+        hidden_running, hidden_waiting = self._plan()
         try:
             return super().schedule(*args, **kwargs)
         finally:
@@ -109,44 +115,70 @@ class GroupScheduler(Scheduler):
     def _requests(self, group: str) -> list[Request]:
         return [self.requests[rid] for rid in self._members[group] if rid in self.requests]
 
-    def _keep_together(self) -> None:
-        """Preempt a running member whose partner is waiting; share the visible's drafts."""
-        now = time.monotonic()
-        for group in list(self._members):
-            members = self._requests(group)
-            running = [r for r in members if r.status == RequestStatus.RUNNING]
-            if running and len(running) < len(members):
-                for r in running:
-                    self.running.remove(r)
-                    self._preempt_request(r, now)
-            elif running and running[0].spec_token_ids:
-                for r in running[1:]:
-                    r.spec_token_ids = list(running[0].spec_token_ids)
+    def _plan(self) -> tuple[list[Request], list[Request]]:
+        """Decide, before vLLM schedules the step, which members sit it out.
 
-    def _hold_back(self) -> tuple[list[Request], list[Request]]:
-        """Members that must sit this step out (restored after it)."""
+        Returns the members hidden from the running and the waiting queue (restored after the
+        step); preempts a running member whose partner was preempted.
+        """
+        now = time.monotonic()
+        self._make_room(now)
         hide_running: list[Request] = []
         hide_waiting: list[Request] = []
         limit = getattr(self, "max_num_active_reqs", self.max_num_running_reqs)
         free_slots = limit - len(self.running)
-        free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
-        chunk_cap = self._chunk_cap()
-        for group in self._members:
+        # Running requests are scheduled first: what they take this step is not free for us.
+        free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks() - sum(
+            self._blocks_needed(r) for r in self.running
+        )
+        budget = int(self.max_num_scheduled_tokens)  # no chunk is ever larger
+        for group in list(self._members):
             members = self._requests(group)
             if len(members) < 2:
                 continue
-            if all(r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED) for r in members):
-                need_blocks = sum(-(-r.num_tokens // self.block_size) for r in members)
-                if free_slots < len(members) or need_blocks > free_blocks:
+            running = [r for r in members if r.status == RequestStatus.RUNNING]
+            waiting = [r for r in members if r.status in _WAITING]
+            left = {r.request_id: r.num_tokens_with_spec - r.num_computed_tokens for r in members}
+            # A prefill ends in a step when its remainder fits the step; a remainder larger
+            # than the whole budget cannot end in this step, whatever else runs.
+            may_finish = {rid for rid, n in left.items() if n <= budget}
+            lost = any(r.status == RequestStatus.PREEMPTED for r in waiting)
+            if running and lost and group not in self._staged:
+                for r in running:  # its partner lost its KV: both start again together
+                    self.running.remove(r)
+                    self._preempt_request(r, now)
+            elif not running:
+                need = sum(-(-r.num_tokens // self.block_size) for r in members)
+                if free_slots < len(members) or need > free_blocks:
                     hide_waiting.extend(members)
+                    continue
+                free_slots -= len(members)
+                free_blocks -= need
+                self._staged.discard(group)
+                if may_finish and len(may_finish) < len(members):
+                    # Start the long prompt alone; the short one joins for its last chunk.
+                    hide_waiting.extend(r for r in members if r.request_id in may_finish)
+                    self._staged.add(group)
+            elif waiting:  # a staged start (or a partial admission): one prompt is prefilling
+                if not all(r.request_id in may_finish for r in running):
+                    hide_waiting.extend(waiting)
+                elif free_slots < len(waiting):  # no seat for the other one: both wait
+                    hide_running.extend(running)
+                    hide_waiting.extend(waiting)
                 else:
-                    free_slots -= len(members)
-                    free_blocks -= need_blocks
-            elif all(r.status == RequestStatus.RUNNING for r in members):
-                left = [r.num_tokens_with_spec - r.num_computed_tokens for r in members]
-                finishing = [n <= chunk_cap for n in left]
-                if any(finishing) and not all(finishing):
-                    hide_running.extend(r for r, f in zip(members, finishing, strict=True) if f)
+                    free_slots -= len(waiting)
+                    if not all(r.request_id in may_finish for r in waiting):
+                        hide_running.extend(running)  # the other prompt catches up first
+            elif may_finish and len(may_finish) < len(members):
+                # The partner's prefill cannot end this step: ending now would sample alone.
+                hide_running.extend(r for r in running if r.request_id in may_finish)
+                self._staged.discard(group)
+            else:
+                self._staged.discard(group)
+            if len(running) == len(members) and running[0].spec_token_ids:
+                # Identical drafts keep acceptance identical.
+                for r in running[1:]:
+                    r.spec_token_ids = list(running[0].spec_token_ids)
         if hide_running:
             self.running = [r for r in self.running if r not in hide_running]
         if hide_waiting:
@@ -155,10 +187,35 @@ class GroupScheduler(Scheduler):
             hide_waiting = present
         return hide_running, hide_waiting
 
-    def _chunk_cap(self) -> int:
-        cap = int(self.max_num_scheduled_tokens)
-        threshold = int(self.scheduler_config.long_prefill_token_threshold or 0)
-        return min(cap, threshold) if threshold > 0 else cap
+    def _make_room(self, now: float) -> None:
+        """Preempt from the back, whole groups at a time, until this step's blocks fit.
+
+        vLLM preempts inside the step, one request at a time; a victim whose partner was
+        already scheduled in the same step would leave that partner sampling alone. Freeing the
+        room first, with the same victim order, keeps groups whole in the common case (decode
+        steps crossing a block boundary); what remains is caught after the step.
+        """
+        free = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        needs = {r.request_id: self._blocks_needed(r) for r in self.running}
+        short = sum(needs.values()) - free
+        while short > 0 and self.running:
+            victim = self.running[-1]
+            group = self._group_of.get(victim.request_id)
+            if group is None:
+                victims = [victim]
+            else:
+                victims = [r for r in self._requests(group) if r.status == RequestStatus.RUNNING]
+            for r in victims:
+                held = sum(len(ids) for ids in self.kv_cache_manager.get_block_ids(r.request_id))
+                short -= needs.get(r.request_id, 0) + held
+                self.running.remove(r)
+                self._preempt_request(r, now)
+
+    def _blocks_needed(self, request: Request) -> int:
+        """New KV blocks ``request`` takes if scheduled in full this step."""
+        tokens = request.num_tokens_with_spec + self.num_lookahead_tokens
+        held = sum(len(ids) for ids in self.kv_cache_manager.get_block_ids(request.request_id))
+        return max(0, -(-tokens // self.block_size) - held)
 
     # -- after the step --------------------------------------------------------------------
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
