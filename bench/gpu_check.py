@@ -3,11 +3,11 @@
 One command for a short GPU slot (``--budget-s`` 420, split over the runs: under 8 minutes on one
 H200). Random weights from a config (SmolLM2-135M's architecture, a ~1.1B Llama) and random token
 ids behind a word-level tokenizer built here, so nothing travels. Per model: our DPO, TRL's
-``DPOTrainer`` on the same batches, our ULMA (TRL has none). See docs/benchmarks.md.
+``DPOTrainer`` on the same batches, our ULMA (TRL has none). See docs/benchmarks.md (it also
+gives the command that downloads the wheels ``--wheels`` needs: TRL, datasets, pydantic).
 
     python3 bench/gpu_check.py --wheels .whl --output $OUT/gpu_check.json     # on the GPU
     .venv/bin/python bench/gpu_check.py --device cpu --tiny                    # smoke test
-    .venv/bin/python bench/gpu_check.py --fetch-wheels .whl                    # here, before
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 logger = logging.getLogger("bench.gpu_check")
-WHEELS = ["trl==1.16.0", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19",
-          "pydantic==2.14.4", "pydantic-core==2.50.5", "annotated-types==0.8.0",
-          "typing-inspection==0.4.5"]
+TRL_VERSION = "1.16.0"
 FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
           "num_key_value_heads", "vocab_size")  # of LlamaConfig
 ARCH = {name: dict(zip(FIELDS, values, strict=True)) for name, values in {
@@ -44,13 +42,6 @@ ARCH = {name: dict(zip(FIELDS, values, strict=True)) for name, values in {
     "tiny": (64, 128, 2, 4, 2, 512)}.items()}
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj",
                                                                  "o_proj"]}
-
-
-def fetch_wheels(folder: Path, python_version: str) -> None:
-    platforms = [f"--platform=manylinux{p}_x86_64" for p in ("_2_28", "_2_17", "2014", "1")]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                    f"--python-version={python_version}", "--implementation=cp", *platforms,
-                    "-d", str(folder), *WHEELS], check=True)
 
 
 def install_wheels(folder: Path) -> str | None:
@@ -80,7 +71,7 @@ def import_trl() -> dict[str, Any]:
     except Exception as exc:  # absent, or an import error in a dependency
         return {"available": False, "reason": f"cannot import trl: {exc!r}"}
     return {"available": True, "version": trl.__version__,
-            "expected": f"trl=={trl.__version__}" == WHEELS[0]}
+            "expected": trl.__version__ == TRL_VERSION}
 
 
 def word_tokenizer(vocab_size: int) -> Any:
@@ -300,9 +291,6 @@ def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
-    if args.fetch_wheels:
-        fetch_wheels(args.fetch_wheels, "3.12")  # the GPU image's Python
-        return 0
     with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its logs: keep stdout JSON
         summary = run_all(args)
     text = json.dumps(summary, indent=1)
@@ -395,10 +383,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trl-site", type=Path, action="append", default=[],
                         help="appended to sys.path to find TRL")
     parser.add_argument("--no-trl", action="store_true", help="ours only")
-    parser.add_argument("--fetch-wheels", type=Path, default=None, help="download, then exit")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available() and not args.fetch_wheels:
+    if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("CUDA is not available: use --device cpu")
     if args.tiny:
         args.batch_size, args.examples, args.prompt_len, args.completion_len = 2, 4, 8, 8
