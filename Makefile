@@ -25,7 +25,7 @@ serve: venv
 	$(VENV)/bin/alignserve serve
 
 test: venv
-	# TRL's DPO parity check runs in its own venv (TRL 0.28 cannot import beside transformers 5).
+	# TRL 1.16 runs in its own venv pinned to the project's torch/transformers/peft.
 	$(PY) tests/trl_parity/provision.py
 	# PostgreSQL for the job-store tests: installed here when missing (Debian package); pytest
 	# starts a throw-away server for the session (tests/pg.py). ALIGNSERVE_SKIP_PG=1 skips them.

@@ -67,7 +67,15 @@ class GenerationService:
         n = req.n
         if req.best_of_n is not None:
             n = self._check_best_of_n(req)
-        if req.alignment is not None:
+        if req.alignment is not None and req.alignment.contrast is not None:
+            a = req.alignment
+            against = self._contrast_target(model, req.alignment.contrast.against)
+            prompt_ids = renderer.encode(renderer.render_chat(messages, True))
+            alignment = AlignmentParams(
+                (), a.alpha, a.nucleus_top_p, a.nucleus_temperature, contrast_against=against
+            )
+            longest = len(prompt_ids)
+        elif req.alignment is not None:
             a = req.alignment
             principle = resolve_principle(self.presets, a.principle, a.preset, a.preference)
             plain, principled = aligned_conversations(
@@ -100,6 +108,21 @@ class GenerationService:
             alignment is not None,
             best_of,
         )
+
+    def _contrast_target(self, model: str, against: str) -> str:
+        """The model z_ref comes from; it must be served here and differ from ``model``."""
+        try:
+            resolved = self.engine.resolve_model(against)
+        except ServiceError as exc:
+            raise InvalidRequestError(
+                f"alignment.contrast.against: {exc.message}", param="alignment.contrast.against"
+            ) from None
+        if resolved == model:
+            raise InvalidRequestError(
+                "alignment.contrast.against must name another model than 'model'",
+                param="alignment.contrast.against",
+            )
+        return resolved
 
     def _check_best_of_n(self, req: ChatCompletionRequest) -> int:
         assert req.best_of_n is not None

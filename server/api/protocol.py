@@ -33,8 +33,24 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class ContrastRequest(BaseModel):
+    """Adapter contrast: decode the request's model (a deployed adapter) against another."""
+
+    model_config = ConfigDict(extra="forbid")
+    against: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The base model or a deployment (name or name@k) that gives z_ref.",
+    )
+
+
 class AlignmentRequest(BaseModel):
-    """Linear alignment of this request (our extension, sent via the client's ``extra_body``)."""
+    """Guided decoding of this request (our extension, sent via the client's ``extra_body``).
+
+    Linear alignment (``principle`` or ``preset``): z = z_p + alpha (z_p - z_0), where z_p is
+    the conversation with the principle. Adapter contrast (``contrast``): z = z_model + alpha
+    (z_model - z_against) on the conversation as sent.
+    """
 
     model_config = ConfigDict(extra="forbid")
     principle: str | None = Field(
@@ -54,11 +70,17 @@ class AlignmentRequest(BaseModel):
     preference: str | None = Field(
         default=None, description="Fills {preference} in a personalised preset."
     )
+    contrast: ContrastRequest | None = Field(
+        default=None, description="Decode against another model instead of a principle."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> AlignmentRequest:
-        if (self.principle is None) == (self.preset is None):
-            raise ValueError("alignment needs exactly one of 'principle' or 'preset'")
+        sources = [x is not None for x in (self.principle, self.preset, self.contrast)]
+        if sum(sources) != 1:
+            raise ValueError(
+                "alignment needs exactly one of 'principle', 'preset' or 'contrast'"
+            )
         if self.principle is not None and not self.principle.strip():
             raise ValueError("alignment.principle must not be empty")
         if self.preference is not None and self.preset is None:

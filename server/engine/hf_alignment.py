@@ -79,13 +79,42 @@ def linear_alignment_generate(
     """
     principled = _Branch(model, [p.principled_ids for p in prompts], eos_token_id)
     plain = _Branch(model, [p.plain_ids for p in prompts], eos_token_id)
+    return _guided(principled, plain, prompts, max_new_tokens, eos_token_id, temperature,
+                   generator)
+
+
+@torch.no_grad()
+def contrast_generate(
+    lead_model: Any,
+    ref_model: Any,
+    prompts: Sequence[AlignedPrompt],
+    max_new_tokens: int,
+    eos_token_id: int,
+) -> list[list[int]]:
+    """Greedy adapter-contrast decoding: ``z_lead + alpha (z_lead - z_ref)`` on one context,
+    ``z_lead`` from ``lead_model`` (an adapter) and ``z_ref`` from ``ref_model`` (the base).
+    Each prompt's ``principled_ids`` is the conversation (``plain_ids`` is not used)."""
+    lead = _Branch(lead_model, [p.principled_ids for p in prompts], eos_token_id)
+    ref = _Branch(ref_model, [p.principled_ids for p in prompts], eos_token_id)
+    return _guided(lead, ref, prompts, max_new_tokens, eos_token_id, 0.0, None)
+
+
+def _guided(
+    lead: _Branch,
+    ref: _Branch,
+    prompts: Sequence[AlignedPrompt],
+    max_new_tokens: int,
+    eos_token_id: int,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> list[list[int]]:
     alpha = torch.tensor([p.alpha for p in prompts])
     top_p = torch.tensor([p.nucleus_top_p for p in prompts])
     nucleus_t = torch.tensor([p.nucleus_temperature for p in prompts])
     outputs: list[list[int]] = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool)
     for step in range(max_new_tokens):
-        logits = linear_alignment_logits(principled.logits, plain.logits, alpha, top_p, nucleus_t)
+        logits = linear_alignment_logits(lead.logits, ref.logits, alpha, top_p, nucleus_t)
         tokens = greedy(logits) if temperature <= 0 else sample(logits, temperature, generator)
         tokens = torch.where(done, torch.full_like(tokens, eos_token_id), tokens)
         for i, token in enumerate(tokens.tolist()):
@@ -94,8 +123,8 @@ def linear_alignment_generate(
         done |= tokens == eos_token_id
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        principled.advance(tokens)
-        plain.advance(tokens)
+        lead.advance(tokens)
+        ref.advance(tokens)
     return outputs
 
 
