@@ -27,7 +27,6 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import metric_value
 from tests.real.server_process import ServerProcess
 from tests.real.swap_checkpoints import make_adapter, make_full
 
@@ -125,11 +124,8 @@ async def run(url: str, swaps: int, baseline_s: float) -> dict[str, Any]:
         for line in metrics.splitlines()
         if line.startswith("alignserve_requests_aborted_by_swap_total")
     ]
-    steps = metric_value(metrics, "alignserve_engine_steps_total") or 0.0
-    step_seconds = metric_value(metrics, "alignserve_engine_step_seconds_total") or 0.0
     return {
         "tokens_streamed": len(stamps),
-        "mean_step_s": step_seconds / steps if steps else None,
         "baseline_tokens_per_s": baseline,
         "tokens_per_s": bins,
         "events_relative_s": [(e["start"] - t0, e["end"] - t0) for e in events],
@@ -165,11 +161,9 @@ def summarize(result: dict[str, Any]) -> str:
             f"| {mode} | {len(ev)} | {_median(lat)} | {max(lat):.2f} | {phases} | "
             f"{_median(mean_ratio)} | {f'{min(min_ratio):.2f}' if min_ratio else '-'} |"
         )
-    step = result["mean_step_s"]
     lines.append(
         f"\nBaseline: {result['baseline_tokens_per_s']:.0f} streamed tokens/s with 16 clients "
-        f"({result['tokens_streamed']} tokens in all; mean engine step "
-        f"{f'{step * 1000:.0f} ms' if step else '-'}); failed requests: {result['failures']}; "
+        f"({result['tokens_streamed']} tokens in all); failed requests: {result['failures']}; "
         f"{result['aborted_metric']}"
     )
     return "\n".join(lines)

@@ -54,16 +54,8 @@ class Metrics:
         )
         self.pair_restarts = Gauge(
             "alignserve_alignment_pair_restarts_total",
-            "Aligned request pairs that lost lockstep and were restarted from their last good "
-            "token.",
-            registry=self.registry,
-        )
-        self.engine_steps = Gauge(
-            "alignserve_engine_steps_total", "Engine steps run.", registry=self.registry
-        )
-        self.engine_step_seconds = Gauge(
-            "alignserve_engine_step_seconds_total",
-            "Wall time spent in engine steps (divide by the step count for the mean step time).",
+            "Guidance groups (alignment, contrast) that lost lockstep and were restarted from "
+            "their last good token.",
             registry=self.registry,
         )
         self.swaps = Counter(
@@ -98,6 +90,4 @@ class Metrics:
             self.queue_depth.set(stats.waiting)
             self.running.set(stats.running)
             self.pair_restarts.set(stats.extra.get("pair_restarts", 0.0))
-            self.engine_steps.set(stats.extra.get("steps", 0.0))
-            self.engine_step_seconds.set(stats.extra.get("step_seconds", 0.0))
         return generate_latest(self.registry)
