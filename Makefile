@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 STAMP := $(VENV)/.alignserve-installed
 
-.PHONY: venv serve test test-fast lint bench-serving clean-venv
+.PHONY: venv serve test test-fast lint bench-serving clean-venv gpu-venv gpu-smoke
 
 venv: $(STAMP)
 
@@ -36,8 +36,22 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not real"
 
 lint: venv
-	$(VENV)/bin/ruff check server align_core trainers contracts tests bench
+	$(VENV)/bin/ruff check server align_core trainers contracts tests bench scripts
 	$(VENV)/bin/mypy
 
 clean-venv:
 	rm -rf $(VENV)
+
+# GPU: the CUDA build of the same vLLM release in its own venv (docs/gpu.md).
+GPU_VENV ?= .venv-gpu
+$(GPU_VENV)/.alignserve-installed: pyproject.toml
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install -e '.[gpu,dev]'
+	$(GPU_VENV)/bin/python -c "import torch, vllm; assert torch.cuda.is_available(), 'no CUDA device'"
+	touch $@
+
+gpu-venv: $(GPU_VENV)/.alignserve-installed
+
+gpu-smoke: gpu-venv
+	$(GPU_VENV)/bin/python scripts/gpu_smoke.py $(ARGS)

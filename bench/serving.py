@@ -39,7 +39,8 @@ from bench.common import (
 
 logger = logging.getLogger("bench.serving")
 
-# The engine settings of server/engine/vllm_engine.py::_engine_args on CPU, as CLI flags.
+# The engine settings of server/engine/vllm_args.py on CPU, as CLI flags (chunked prefill and the
+# batch token budget at vLLM's defaults on both sides).
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
@@ -54,7 +55,6 @@ def stock_cmd(python: str, model_dir: Path, served_name: str) -> list[str]:
         "--model", str(model_dir), "--served-model-name", served_name,
         "--dtype", "float32", "--enforce-eager",
         "--max-model-len", "2048", "--max-num-seqs", "64",
-        "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096",
         "--no-async-scheduling", "--seed", "0",
         "--enable-lora", "--max-loras", "4", "--max-lora-rank", "16",
         "--max-logprobs", "20",
