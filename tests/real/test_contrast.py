@@ -7,6 +7,7 @@ under the adapter's nucleus, inside the vLLM batch next to ordinary requests.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ ALPHAS = [0.5, 1.0, 2.0]
 
 
 @pytest.fixture(scope="module")
-def deployed(server: ServerProcess, default_model: Path, alignserve_home: Path) -> Path:
+def deployed(
+    server: ServerProcess, default_model: Path, alignserve_home: Path
+) -> Iterator[Path]:
     adapter = make_adapter(default_model, alignserve_home, "contrast-test-adapter", seed=11,
                            scale=0.03)
     r = httpx.post(
@@ -46,7 +49,10 @@ def deployed(server: ServerProcess, default_model: Path, alignserve_home: Path) 
         timeout=300,
     )
     assert r.status_code in (200, 201) and r.json()["status"] == "live", r.text
-    return adapter
+    yield adapter
+    # The home (and the deployments in its store) is shared with the other real tests.
+    httpx.delete(f"{server.base_url}/admin/v1/deployments/{DEPLOYMENT}",
+                 headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=300)
 
 
 @pytest.fixture(scope="module")
