@@ -178,6 +178,11 @@ class VLLMEngine:
                 "alignment is not available: the engine runs with async scheduling",
                 param="alignment",
             )
+        if request.sampling.n > 1 and request.sampling.temperature == 0:
+            # As vLLM answers a plain request: greedy choices would all be the same.
+            raise InvalidRequestError(
+                f"n must be 1 when using greedy sampling, got {request.sampling.n}.", param="n"
+            )
         if request.sampling.logprobs is not None and not self.runner.aligned_logprobs:
             raise InvalidRequestError(
                 "logprobs with alignment need a single-process executor "

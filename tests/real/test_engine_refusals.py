@@ -1,0 +1,33 @@
+"""Requests vLLM refuses get a 400 and leave nothing behind in the engine."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.real.conftest import USER_KEY
+from tests.real.server_process import ServerProcess
+
+MODEL = "smollm2-135m-instruct"
+AUTH = {"Authorization": f"Bearer {USER_KEY}"}
+
+
+def test_refused_requests_are_400_and_the_engine_stays_clean(server: ServerProcess) -> None:
+    url = server.base_url
+    refused = [
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                  "n": 2, "temperature": 0}),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                  "n": 2, "temperature": 0,
+                                  "alignment": {"preset": "concise", "alpha": 1}}),
+        ("/v1/completions", {"model": MODEL, "prompt": [1, 2, 10_000_000], "max_tokens": 4}),
+    ]
+    for path, body in refused:
+        r = httpx.post(f"{url}{path}", json=body, headers=AUTH, timeout=120)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    health = httpx.get(f"{url}/health", timeout=30).json()
+    assert health["running"] == 0 and health["waiting"] == 0
+    ok = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=120, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 4, "temperature": 0})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
