@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server.api.deps import Generation, UserScope
 from server.api.generation import GenerationService, Prepared
@@ -15,25 +16,26 @@ router = APIRouter(prefix="/v1")
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 VERSION_HEADER = "X-Alignserve-Model-Version"
+DISCONNECT_POLL_S = 0.5
 
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, service: Generation, _: UserScope
-) -> JSONResponse | StreamingResponse:
-    return await _respond(service, service.prepare_chat(body), body.stream)
+    body: ChatCompletionRequest, service: Generation, _: UserScope, request: Request
+) -> Response:
+    return await _respond(service, service.prepare_chat(body), body.stream, request)
 
 
 @router.post("/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, service: Generation, _: UserScope
-) -> JSONResponse | StreamingResponse:
-    return await _respond(service, service.prepare_completion(body), body.stream)
+    body: CompletionRequest, service: Generation, _: UserScope, request: Request
+) -> Response:
+    return await _respond(service, service.prepare_completion(body), body.stream, request)
 
 
 async def _respond(
-    service: GenerationService, prepared: Prepared, stream: bool
-) -> JSONResponse | StreamingResponse:
+    service: GenerationService, prepared: Prepared, stream: bool, request: Request
+) -> Response:
     if stream:
         events, version = await service.open_stream(prepared)
         return StreamingResponse(
@@ -41,8 +43,17 @@ async def _respond(
             media_type="text/event-stream",
             headers={**_SSE_HEADERS, VERSION_HEADER: version},
         )
-    body, version = await service.complete(prepared)
-    return JSONResponse(body, headers={VERSION_HEADER: version})
+    work = asyncio.ensure_future(service.complete(prepared))
+    while True:
+        done, _pending = await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+        if done:
+            body, version = work.result()
+            return JSONResponse(body, headers={VERSION_HEADER: version})
+        if await request.is_disconnected():
+            # Nobody will read the answer: stop generating it (cancelling aborts the engine
+            # requests). 499 is what proxies log for a client that closed the request.
+            work.cancel()
+            return Response(status_code=499)
 
 
 @router.get("/models")

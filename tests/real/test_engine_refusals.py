@@ -31,3 +31,24 @@ def test_refused_requests_are_400_and_the_engine_stays_clean(server: ServerProce
         "model": MODEL, "messages": [{"role": "user", "content": "Say hello."}],
         "max_tokens": 4, "temperature": 0})
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
+
+
+def test_a_client_that_gives_up_stops_costing(server: ServerProcess) -> None:
+    """A non-streaming request whose client went away is aborted in the engine."""
+    import time
+
+    url = server.base_url
+    try:
+        httpx.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=3, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}],
+            "max_tokens": 1500, "temperature": 0.8, "n": 2,
+            "alignment": {"preset": "concise", "alpha": 1}})
+        raise AssertionError("the request should have outlived the client's timeout")
+    except httpx.TimeoutException:
+        pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if httpx.get(f"{url}/health", timeout=10).json()["running"] == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the abandoned request is still running")
