@@ -104,6 +104,8 @@ class GroupScheduler(Scheduler):
 
     # -- scheduling ------------------------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._members:  # plain traffic: vLLM's scheduler, untouched
+            return super().schedule(*args, **kwargs)
         hidden_running, hidden_waiting = self._plan()
         try:
             return super().schedule(*args, **kwargs)
@@ -219,6 +221,8 @@ class GroupScheduler(Scheduler):
 
     # -- after the step --------------------------------------------------------------------
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+        if not self._members:
+            return super().update_from_output(scheduler_output, model_runner_output)
         broken = self._broken(scheduler_output, model_runner_output)
         signals: list[tuple[int, str]] = []
         for group in broken:
