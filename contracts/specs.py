@@ -52,6 +52,15 @@ class Hyperparameters(Strict):
     weight_decay: float = Field(default=0.0, ge=0.0)
     checkpoint_every: int = Field(default=25, ge=1, description="Resume-point period (steps).")
     seed: int = 0
+    micro_batch_size: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="Examples per forward/backward pass on one device. batch_size stays the global "
+        "batch: gradients are accumulated over batch_size / (devices x micro_batch_size) passes. "
+        "Default: a device's whole share of the batch in one pass.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in backward: less memory, more compute."
+    )
 
     @model_validator(mode="after")
     def _lengths(self) -> Hyperparameters:
@@ -68,6 +77,40 @@ class GenerationSpec(Strict):
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
 
 
+class Resources(Strict):
+    """Where one job runs: ``devices`` processes (one GPU each on a CUDA host) on each of
+    ``nodes`` hosts. ``single`` is one in-process run; ``ddp`` (replicated weights, all-reduced
+    gradients) and ``fsdp`` (FSDP2: weights, gradients and optimizer state sharded) run under
+    torchrun. Default strategy: ``single`` for one device, else ``ddp``."""
+
+    devices: int = Field(default=1, ge=1, le=64, description="Processes (GPUs) per node.")
+    strategy: Literal["single", "ddp", "fsdp"] = "single"
+    nodes: int = Field(default=1, ge=1, le=64, description="Hosts (torchrun --nnodes).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_strategy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "strategy" not in data:
+            devices, nodes = data.get("devices", 1), data.get("nodes", 1)
+            if isinstance(devices, int) and isinstance(nodes, int) and devices * nodes > 1:
+                return {**data, "strategy": "ddp"}
+        return data
+
+    @model_validator(mode="after")
+    def _single(self) -> Resources:
+        if self.strategy == "single" and self.world_size > 1:
+            raise ValueError("strategy 'single' runs on one device; use 'ddp' or 'fsdp'")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.nodes
+
+    @property
+    def distributed(self) -> bool:
+        return self.strategy != "single"
+
+
 class _Base(Strict):
     method: str
     dataset: str = Field(min_length=1, description="Dataset id from POST /admin/v1/datasets.")
@@ -77,6 +120,20 @@ class _Base(Strict):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     deploy: DeploySpec | None = None
     suffix: str | None = Field(default=None, max_length=64)
+    resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="after")
+    def _batch_split(self) -> _Base:
+        """The global batch splits evenly over the processes, then into micro-batches."""
+        hp, world = self.hyperparameters, self.resources.world_size
+        if hp.batch_size % world:
+            raise ValueError(f"batch_size {hp.batch_size} (the global batch) must be a multiple "
+                             f"of devices x nodes = {world}")
+        share = hp.batch_size // world
+        if hp.micro_batch_size is not None and share % hp.micro_batch_size:
+            raise ValueError(f"micro_batch_size {hp.micro_batch_size} must divide each process's "
+                             f"share of the batch ({share})")
+        return self
 
 
 def _pair_loss(name: str, *, scored: bool) -> str:

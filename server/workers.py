@@ -1,11 +1,16 @@
 """Training workers started next to the server (``Settings.workers``): separate processes,
 restarted when one dies (a crash or the OOM killer), terminated with a timeout on shutdown
 (SIGTERM lets each one save a resume point). A job whose worker died is picked up again by the
-replacement once its lease expires, from its last resume point."""
+replacement once its lease expires, from its last resume point.
+
+Worker ``i`` gets ``ALIGNSERVE_WORKER_INDEX=i``: with the default device setting (``auto``, or a
+GPU list in ``ALIGNSERVE_WORKER_DEVICE``) each worker of the host trains on its own GPU
+(``trainers.devices``); a restarted worker keeps its index."""
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -15,6 +20,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (1.0, 5.0, 30.0)
+WORKER_INDEX_ENV = "ALIGNSERVE_WORKER_INDEX"  # trainers.devices.INDEX_ENV (no torch import here)
 
 
 class WorkerPool:
@@ -25,14 +31,14 @@ class WorkerPool:
         self._monitor: threading.Thread | None = None
         self.restarts = 0
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "server.cli", "worker", "--home", str(self.home)]
         if self.model:
             cmd += ["--model", self.model]
-        return subprocess.Popen(cmd)
+        return subprocess.Popen(cmd, env={**os.environ, WORKER_INDEX_ENV: str(index)})
 
     def start(self) -> None:
-        self.processes = [self._spawn() for _ in range(self.count)]
+        self.processes = [self._spawn(i) for i in range(self.count)]
         if self.processes:
             logger.info("started %d training workers: pids %s", len(self.processes),
                         [p.pid for p in self.processes])
@@ -53,7 +59,7 @@ class WorkerPool:
                 failures += 1
                 if self._stopping.wait(delay):
                     return
-                self.processes[i] = self._spawn()
+                self.processes[i] = self._spawn(i)
                 self.restarts += 1
                 logger.info("training worker restarted: pid %d", self.processes[i].pid)
 

@@ -6,6 +6,12 @@ reports, cancellation checks and resumable checkpoints; it never branches on a m
 
 Batches are a pure function of ``(seed, stage, step)`` (an epoch-wise permutation), so a job
 resumed from step ``k`` trains exactly the batches ``k+1, k+2, ...`` it would have trained.
+
+``batch_size`` is the global batch. Under torchrun each rank takes a contiguous slice of it
+(``Parallel.shard``) and runs it in micro-batches of ``micro_batch_size``, accumulating
+gradients; a stage's ``loss(ctx, indices, batch)`` returns the micro-batch's share of the
+global-batch loss, so the shares sum (over micro-batches and ranks) to the loss of the whole
+batch, and the gradients to its gradient: the same step as one process with the whole batch.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from trainers.resume import load_resume_state, rng_state, save_resume_state, set_rng_state
-from trainers.modeling import load_trainable_state, trainable_state
 from contracts.specs import AnySpec
+from trainers.devices import Placement
+from trainers.modeling import load_trainable_state
+from trainers.parallel import Parallel
+from trainers.resume import load_resume_state, rng_state, save_resume_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +78,11 @@ class TrainContext:
     modules: dict[str, nn.Module]
     control: Control
     summary: dict[str, Any] = field(default_factory=dict)
+    placement: Placement = field(default_factory=Placement.cpu)
+    parallel: Parallel = field(default_factory=Parallel)
+    # Whole trained weights by module name, gathered for writing the final model when the
+    # modules hold only shards of them (FSDP); empty otherwise.
+    full_states: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
     @property
     def policy(self) -> nn.Module:
@@ -81,18 +94,22 @@ class TrainContext:
         return pad
 
     def cached(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """``compute()`` once per job; later calls (also after a resume) load the saved result."""
+        """``compute()`` once per job; later calls (also after a resume) load the saved result.
+        Under torchrun the main rank computes it and the others load it: generated data must be
+        the same on every rank, and sampling on several GPUs need not be."""
         path = self.work_dir / f"{name}.pt"
-        if path.is_file():
-            loaded: dict[str, Any] = torch.load(path, weights_only=False)
-            return loaded
-        value = compute()
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.work_dir, suffix=".tmp")
-        os.close(fd)
-        torch.save(value, tmp)
-        os.replace(tmp, path)
-        return value
+        if not path.is_file() and self.parallel.is_main:
+            value = compute()
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.work_dir, suffix=".tmp")
+            os.close(fd)
+            torch.save(value, tmp)
+            os.replace(tmp, path)
+            if self.parallel.world == 1:
+                return value
+        self.parallel.barrier()
+        loaded: dict[str, Any] = torch.load(path, weights_only=False, map_location="cpu")
+        return loaded
 
 
 class Stage(Protocol):
@@ -107,7 +124,12 @@ class Stage(Protocol):
 
     def size(self) -> int: ...
 
-    def loss(self, ctx: TrainContext, indices: list[int]) -> tuple[Tensor, dict[str, float]]: ...
+    def loss(
+        self, ctx: TrainContext, indices: list[int], batch: list[int]
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The share of ``batch``'s loss that its examples ``indices`` make up (the whole loss
+        when ``indices == batch``), and metrics averaged over ``indices``."""
+        ...
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
@@ -133,8 +155,10 @@ class _Resume:
 
 
 def _load_pending(ctx: TrainContext, resume: _Resume) -> None:
-    """Restore saved weights of every module that exists by now (some are built by a stage)."""
+    """Restore saved weights of every module that exists by now (some are built by a stage).
+    A module is always restored before its first stage wraps it (FSDP then shards it)."""
     for name in [n for n in resume.modules if n in ctx.modules]:
+        assert name not in ctx.parallel.steps, f"{name} is wrapped before its weights are restored"
         load_trainable_state(ctx.modules[name], resume.modules.pop(name))
 
 
@@ -164,11 +188,14 @@ def _run_stage(
     ctx: TrainContext, stage: Stage, index: int, offset: int, resume: _Resume, final: bool
 ) -> dict[str, float]:
     hp = ctx.spec.hyperparameters
+    par = ctx.parallel
     ctx.control.event(f"stage {stage.name}: preparing")
-    stage.prepare(ctx)
-    _load_pending(ctx, resume)
+    with par.gathered(), ctx.placement.autocast():
+        stage.prepare(ctx)
+    _load_pending(ctx, resume)  # before wrapping: FSDP shards the weights in place
     module = ctx.modules[stage.module]
     module.train()
+    step_module = par.wrap(stage.module, module)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage.learning_rate, weight_decay=hp.weight_decay)
     warmup = hp.warmup_steps
@@ -176,7 +203,7 @@ def _run_stage(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
     )
     if resume.stage == index and resume.optimizer is not None:
-        optimizer.load_state_dict(resume.optimizer)
+        par.load_optimizer(stage.module, optimizer, resume.optimizer)
         if resume.scheduler is not None:
             scheduler.load_state_dict(resume.scheduler)
     ctx.control.event(f"stage {stage.name}: training {stage.steps} steps")
@@ -184,14 +211,16 @@ def _run_stage(
     metrics: dict[str, float] = {}
 
     def save(step: int) -> None:
-        folder = ctx.work_dir / "resume"
+        # Every rank gathers (FSDP needs all of them); the main rank alone writes.
         state = {
-            "stage": index, "rng": rng_state(), "optimizer": optimizer.state_dict(),
+            "stage": index, "rng": rng_state(),
+            "optimizer": par.optimizer_state(stage.module, optimizer),
             "scheduler": scheduler.state_dict(),
-            "modules": {n: trainable_state(m) for n, m in ctx.modules.items()},
+            "modules": {n: par.trainable_state(n, m) for n, m in ctx.modules.items()},
         }
-        path = save_resume_state(folder, step, state)
-        ctx.control.resume_point(step, str(path))
+        if par.is_main:
+            path = save_resume_state(ctx.work_dir / "resume", step, state)
+            ctx.control.resume_point(step, str(path))
 
     for step in range(start + 1, end + 1):
         try:
@@ -200,15 +229,14 @@ def _run_stage(
             if step - 1 > start:
                 save(step - 1)
             raise
-        indices = batch_indices(step - offset - 1, stage.size(), hp.batch_size, hp.seed + index)
-        loss, extra = stage.loss(ctx, indices)
+        batch = batch_indices(step - offset - 1, stage.size(), hp.batch_size, hp.seed + index)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
+        loss, extra = _accumulate(ctx, stage, step_module, batch)
+        grad_norm = par.grad_norm(params, hp.max_grad_norm)
         optimizer.step()
         scheduler.step()
         metrics = {
-            "loss": float(loss.detach()), "grad_norm": float(grad_norm),
+            "loss": loss, "grad_norm": grad_norm,
             "lr": float(scheduler.get_last_lr()[0]), "stage": float(index), **extra,
         }
         ctx.control.report(step, metrics)
@@ -217,3 +245,29 @@ def _run_stage(
     resume.step = end
     logger.info("job %s stage %s done: %s", ctx.job_id, stage.name, json.dumps(metrics))
     return metrics
+
+
+def _accumulate(
+    ctx: TrainContext, stage: Stage, step_module: nn.Module, batch: list[int]
+) -> tuple[float, dict[str, float]]:
+    """Forward and backward of this rank's share of ``batch``, in micro-batches; returns the
+    global batch's loss and metrics (summed over micro-batches and ranks)."""
+    par = ctx.parallel
+    mine = par.shard(batch)
+    size = ctx.spec.hyperparameters.micro_batch_size or len(mine)
+    chunks = [mine[i : i + size] for i in range(0, len(mine), size)]
+    loss, sums = 0.0, dict[str, float]()
+    for k, chunk in enumerate(chunks):
+        with par.sync(step_module, last=k == len(chunks) - 1):
+            with ctx.placement.autocast():  # the forward only, as autocast recommends
+                part, extra = step_module(stage.loss, ctx, chunk, batch)
+            par.backward(part)
+        loss += float(part.detach())
+        weight = len(chunk) / len(batch)  # metrics are means over the examples
+        for name, value in extra.items():
+            sums[name] = sums.get(name, 0.0) + value * weight
+    if par.world == 1:
+        return loss, sums
+    names = sorted(sums)
+    total, *values = par.sum([loss, *(sums[n] for n in names)])
+    return total, dict(zip(names, values, strict=True))

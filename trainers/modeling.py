@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from align_core import packed_sequence_logps, sequence_logps
 from contracts.specs import GenerationSpec, LoraSpec
+from trainers.devices import Placement
 
 logger = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
@@ -43,23 +44,49 @@ def load_tokenizer(model_path: str) -> Any:
     return tokenizer
 
 
-def load_policy(model_path: str, finetuning: str, lora: LoraSpec) -> nn.Module:
-    """The base model in fp32, wrapped in a fresh LoRA adapter unless ``finetuning == "full"``."""
+def load_policy(
+    model_path: str, finetuning: str, lora: LoraSpec, placement: Placement | None = None,
+    *, gradient_checkpointing: bool = False,
+) -> nn.Module:
+    """The base model on ``placement``'s device (CPU by default), wrapped in a fresh LoRA
+    adapter unless ``finetuning == "full"``. Trained weights are fp32; a frozen LoRA base is
+    stored in the placement's compute dtype (bf16 on a GPU that has it)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.float32, local_files_only=True
+    placement = placement or Placement.cpu()
+    dtype = torch.float32 if finetuning == "full" else placement.frozen_dtype
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=dtype, local_files_only=True
     )
-    if finetuning == "full":
-        return model
-    from peft import LoraConfig, get_peft_model
+    model.to(placement.device)
+    if finetuning != "full":
+        from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+        config = LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)  # adapter weights: fp32, on the base's device
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    policy: nn.Module = model
+    return policy
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward instead of storing them.
+
+    Non-reentrant checkpointing (the reentrant kind loses gradients when no input of a layer
+    requires grad, which is the case under a LoRA adapter: hence also
+    ``enable_input_require_grads`` for peft models, as peft recommends). The KV cache is off
+    while training; ``generate`` runs in eval mode, where layers do not checkpoint.
+    """
+    lm: Any = model.get_base_model() if is_adapter(model) else model  # type: ignore[operator]
+    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if is_adapter(model):
+        model.enable_input_require_grads()  # type: ignore[operator]
+    lm.config.use_cache = False
 
 
 def is_adapter(model: nn.Module) -> bool:
@@ -121,7 +148,7 @@ def batch_logps(
     """
     parts = decoder_and_head(model)
     if parts is None:  # one padded forward pass through the whole model
-        batch = collate(items, pad_id)
+        batch = to_device(collate(items, pad_id), model_device(model))
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).logits  # (B, T, V)
@@ -142,6 +169,14 @@ def batch_logps(
     return packed_sequence_logps(
         logits, torch.cat(targets), torch.cat(rows), len(items), average=average
     )
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {name: value.to(device) for name, value in batch.items()}
 
 
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
@@ -172,7 +207,8 @@ def frozen_logps(
     model: nn.Module, items: Sequence[Encoded], pad_id: int, *, use_base: bool,
     average: bool = False, batch_size: int = 8,
 ) -> Tensor:
-    """Reference log-probs of every item, computed once (``(N,)``), in eval mode."""
+    """Reference log-probs of every item, computed once (``(N,)``), in eval mode; fp32 on the
+    CPU, wherever the model runs (they are cached, saved and indexed with CPU indices)."""
     was_training = model.training
     model.eval()
     out = []
@@ -181,7 +217,7 @@ def frozen_logps(
             chunk = items[start : start + batch_size]
             out.append(batch_logps(model, chunk, pad_id, average=average))
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out).float().cpu() if out else torch.zeros(0)
 
 
 @torch.no_grad()
@@ -213,9 +249,14 @@ def _sample_chunk(
     ]
     width = max(len(e) for e in encoded)
     pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
-    attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-    kwargs: dict[str, Any] = {"do_sample": gen.temperature > 0}
+    device = model_device(model)
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+    attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded],
+                             device=device)
+    # One process generates (under torchrun, rank 0 makes a recipe's data while the others
+    # wait): never let transformers sync the ranks' generation steps, which it does by default
+    # for modules FSDP manages.
+    kwargs: dict[str, Any] = {"do_sample": gen.temperature > 0, "synced_gpus": False}
     if gen.temperature > 0:
         kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
     out = model.generate(  # type: ignore[operator]
@@ -229,9 +270,11 @@ def _sample_chunk(
 
 
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:
-    """The parameters being trained (LoRA weights, or all of them for full fine-tuning)."""
+    """The parameters being trained (LoRA weights, or all of them for full fine-tuning), as
+    CPU copies (a resume point loads on any device)."""
     return {
-        name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad
+        name: p.detach().to("cpu", copy=True)
+        for name, p in model.named_parameters() if p.requires_grad
     }
 
 
@@ -245,7 +288,17 @@ def load_trainable_state(model: nn.Module, state: dict[str, Tensor]) -> None:
             params[name].copy_(value)
 
 
-def save_model(model: nn.Module, tokenizer: Any, folder: Path) -> None:
-    """LoRA: the peft adapter (vLLM-loadable); full: the whole HF model. Plus the tokenizer."""
-    model.save_pretrained(folder)  # type: ignore[operator]
+def save_model(
+    model: nn.Module, tokenizer: Any, folder: Path, state: dict[str, Tensor] | None = None
+) -> None:
+    """LoRA: the peft adapter (vLLM-loadable); full: the whole HF model. Plus the tokenizer.
+    ``state``: the trained weights when ``model`` holds only shards of them (FSDP)."""
+    save_pretrained(model, folder, state)
     tokenizer.save_pretrained(folder)
+
+
+def save_pretrained(model: nn.Module, folder: Path, state: dict[str, Tensor] | None) -> None:
+    if state is None:
+        model.save_pretrained(folder)  # type: ignore[operator]
+    else:  # peft keeps the adapter's keys of it; transformers drops tied duplicates
+        model.save_pretrained(folder, state_dict=state)  # type: ignore[operator]

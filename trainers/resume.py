@@ -15,12 +15,17 @@ STATE = "state.pt"
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on the GPU
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save_resume_state(folder: Path, step: int, state: dict[str, Any]) -> Path:
@@ -38,5 +43,7 @@ def save_resume_state(folder: Path, step: int, state: dict[str, Any]) -> Path:
 
 
 def load_resume_state(path: str | Path) -> dict[str, Any]:
-    state: dict[str, Any] = torch.load(Path(path) / STATE, weights_only=False)
+    # On the CPU: weights are copied into the modules wherever they live, and the optimizer
+    # moves its state to its parameters' device.
+    state: dict[str, Any] = torch.load(Path(path) / STATE, weights_only=False, map_location="cpu")
     return state

@@ -3,6 +3,10 @@
 Public API for the server's Best-of-N: it encodes (conversation, completion) exactly as the
 discriminator was trained (``trainers.modeling.encode``) and returns the logit ``f_φ(x, y)``,
 which is the reward (ALGORITHMS.md §4.1).
+
+It runs on ``ALIGNSERVE_REWARD_DEVICE`` (a ``trainers.devices`` setting, default ``auto``: the
+first GPU when CUDA is present, in bf16 where supported, else the CPU in fp32); rewards come back
+as fp32 CPU tensors either way.
 """
 
 from __future__ import annotations
@@ -10,16 +14,18 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from trainers.modeling import Messages, collate, encode, load_tokenizer
+from trainers.devices import Placement, choose_devices
+from trainers.modeling import Messages, collate, encode, load_tokenizer, to_device
 
 REWARD_DIR = "reward_model"
+REWARD_DEVICE_ENV = "ALIGNSERVE_REWARD_DEVICE"
 MAX_LENGTH = 1024
 MAX_PROMPT_LENGTH = 512
 
@@ -36,21 +42,27 @@ class RewardModel:
     tokenizer: Any
     info: dict[str, Any]
 
+    placement: Placement = field(default_factory=Placement.cpu)
+
     @classmethod
-    def load(cls, folder: Path, base_model: Path) -> RewardModel:
-        """A scalar-head LoRA classifier on ``base_model`` (the served base's local folder)."""
+    def load(cls, folder: Path, base_model: Path, device: str | None = None) -> RewardModel:
+        """A scalar-head LoRA classifier on ``base_model`` (the served base's local folder),
+        on ``device`` (a device setting; default: ``ALIGNSERVE_REWARD_DEVICE`` or ``auto``)."""
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        setting = device or os.environ.get(REWARD_DEVICE_ENV, "auto")
+        placement = Placement.on(choose_devices(setting)[0])
         tokenizer = load_tokenizer(str(folder))
         base = AutoModelForSequenceClassification.from_pretrained(
-            base_model, num_labels=1, dtype=torch.float32, local_files_only=True
+            base_model, num_labels=1, dtype=placement.frozen_dtype, local_files_only=True
         )
         base.config.pad_token_id = tokenizer.pad_token_id
+        base.to(placement.device)
         model = PeftModel.from_pretrained(base, folder).eval()
         info = json.loads((folder / "reward_model.json").read_text())
-        return cls(model, tokenizer, info)
+        return cls(model, tokenizer, info, placement)
 
     def score(self, messages: Messages, completions: Sequence[str]) -> Tensor:
         """``(N,)`` rewards of ``completions`` to the same conversation."""
@@ -65,9 +77,11 @@ class RewardModel:
                 encode(self.tokenizer, m, c, MAX_LENGTH, MAX_PROMPT_LENGTH)
                 for m, c in pairs[start : start + batch_size]
             ]
-            batch = collate(items, int(self.tokenizer.pad_token_id))
-            logits: Tensor = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-            out.append(logits.squeeze(-1).float())
+            batch = to_device(collate(items, int(self.tokenizer.pad_token_id)),
+                              self.placement.device)
+            with self.placement.autocast():
+                logits: Tensor = self.model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits
+            out.append(logits.squeeze(-1).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)

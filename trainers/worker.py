@@ -5,6 +5,10 @@ jobs whose worker died (expired lease). While a job runs, a heartbeat thread ren
 (also through long data-generation phases) and every training step checks for cancellation, a
 lost lease, or SIGTERM/SIGINT; on a signal the worker saves a resume point, gives the job back to
 the queue and exits.
+
+Jobs train on the worker's device (``ALIGNSERVE_WORKER_DEVICE``, ``trainers.devices``). A job
+whose ``resources`` ask for DDP or FSDP runs under torchrun (``trainers.launch``) while this
+process keeps its lease; when a rank dies, the job is requeued to resume (``RankFailure``).
 """
 
 from __future__ import annotations
@@ -16,15 +20,17 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from trainers.loop import Interrupted, JobCancelled, LeaseLost
-from trainers.runner import JobError, run_job
 from contracts.store import Control as StoreControl
 from contracts.store import JobStore, open_store
+from trainers.devices import DEVICE_ENV, INDEX_ENV
+from trainers.launch import RankFailure
+from trainers.loop import Interrupted, JobCancelled, LeaseLost
+from trainers.runner import JobError, run_job
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,10 @@ class WorkerConfig:
     poll_s: float = 1.0
     max_attempts: int = 3
     worker_id: str = ""
+    # Where jobs train (``trainers.devices``): the worker pool gives each worker of a host its
+    # index, so that each takes its own GPU.
+    device: str = field(default_factory=lambda: os.environ.get(DEVICE_ENV, "auto"))
+    index: int = field(default_factory=lambda: int(os.environ.get(INDEX_ENV, "0")))
 
 
 class JobControl:
@@ -105,7 +115,8 @@ class Worker:
         """Claim and run jobs until stopped (or ``max_jobs`` ran, or, with ``max_jobs``, the
         queue is empty). Returns the number of jobs run."""
         done = 0
-        logger.info("worker %s started (home %s)", self.id, self.config.home)
+        logger.info("worker %s started (home %s, device %s, index %d)", self.id,
+                    self.config.home, self.config.device, self.config.index)
         while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
             self.store.recover_expired(self.config.max_attempts)
             job = self.store.claim(self.id, self.config.lease_s)
@@ -127,7 +138,8 @@ class Worker:
         try:
             with ctl:
                 checkpoint = run_job(self.store, self.config.home, job, ctl,
-                                     self.config.default_model)
+                                     self.config.default_model, self.config.device,
+                                     self.config.index)
             self.store.finish(job.id, self.id, "succeeded", checkpoint_id=checkpoint)
         except JobCancelled:
             self.store.finish(job.id, self.id, "cancelled", error="cancelled by request")
@@ -137,6 +149,13 @@ class Worker:
             self.store.release(job.id, self.id, "worker shut down; will resume")
         except JobError as e:
             self.store.finish(job.id, self.id, "failed", error=str(e))
+        except RankFailure as e:  # a rank died: resume from the last resume point, or give up
+            logger.error("job %s: %s", job.id, e)
+            if job.attempts < self.config.max_attempts:
+                self.store.release(job.id, self.id, f"{e}; will resume")
+            else:
+                self.store.finish(job.id, self.id, "failed",
+                                  error=f"{e} (after {job.attempts} attempts)")
         except Exception as e:
             logger.error("job %s failed", job.id, exc_info=True)
             self.store.add_event(job.id, "traceback", level="error",

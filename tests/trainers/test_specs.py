@@ -79,3 +79,41 @@ def test_deploy_flag_is_stored_in_the_resolved_config() -> None:
 def test_total_steps_counts_every_stage() -> None:
     spec = parse_spec({"method": "afd", "dataset": "d", "hyperparameters": {"max_steps": 1}})
     assert isinstance(spec, AfDSpec) and total_steps(spec) == 2
+
+
+def test_resources_default_to_one_in_process_device() -> None:
+    spec = parse_spec({"method": "dpo", "dataset": "d"})
+    assert spec.model_dump()["resources"] == {"devices": 1, "strategy": "single", "nodes": 1}
+    assert not spec.resources.distributed
+    hp = spec.model_dump()["hyperparameters"]
+    assert hp["micro_batch_size"] is None and hp["gradient_checkpointing"] is False
+
+
+@pytest.mark.parametrize(("resources", "strategy", "world"), [
+    ({"devices": 2}, "ddp", 2),  # several devices: data-parallel unless told otherwise
+    ({"devices": 2, "nodes": 2, "strategy": "fsdp"}, "fsdp", 4),
+    ({"devices": 1, "strategy": "ddp"}, "ddp", 1),  # a one-rank torchrun run
+])
+def test_resources_choose_a_strategy(resources: dict[str, object], strategy: str,
+                                     world: int) -> None:
+    spec = parse_spec({"method": "dpo", "dataset": "d", "resources": resources,
+                       "hyperparameters": {"batch_size": 4}})
+    assert spec.resources.strategy == strategy and spec.resources.world_size == world
+    assert spec.resources.distributed
+
+
+@pytest.mark.parametrize(("resources", "hyper", "message"), [
+    ({"devices": 2, "strategy": "single"}, {}, "use 'ddp' or 'fsdp'"),
+    ({"devices": 0}, {}, "greater than or equal to 1"),
+    ({"devices": 2, "strategy": "zero3"}, {}, "'single', 'ddp' or 'fsdp'"),
+    ({"devices": 2, "gpus": 2}, {}, "Extra inputs"),
+    ({"devices": 2}, {"batch_size": 3}, "multiple of devices x nodes = 2"),
+    ({"devices": 2}, {"batch_size": 8, "micro_batch_size": 3}, "divide each process's share"),
+    ({}, {"batch_size": 4, "micro_batch_size": 8}, "divide each process's share"),
+])
+def test_resources_and_micro_batches_are_validated(
+    resources: dict[str, object], hyper: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        parse_spec({"method": "dpo", "dataset": "d", "resources": resources,
+                    "hyperparameters": hyper})

@@ -23,12 +23,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from align_core import discriminator_accuracy, discriminator_loss
-from trainers.loop import Stage, TrainContext
-from trainers.modeling import Encoded, collate, encode, sample
-from trainers.recipes.base import Recipe, Records
-from trainers.recipes.stages import SFTStage
+from align_core import discriminator_accuracy, discriminator_loss, discriminator_losses
 from contracts.specs import AfDSpec, afd_steps
+from trainers.loop import Stage, TrainContext
+from trainers.modeling import (
+    Encoded,
+    collate,
+    enable_gradient_checkpointing,
+    encode,
+    model_device,
+    sample,
+    save_pretrained,
+    to_device,
+)
+from trainers.recipes.base import Recipe, Records
+from trainers.recipes.stages import SFTStage, batch_share
 
 REWARD_DIR = "reward_model"
 HELD_OUT = 0.25
@@ -62,22 +71,31 @@ def build_discriminator(ctx: TrainContext) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    placement = ctx.placement
     model = AutoModelForSequenceClassification.from_pretrained(
-        ctx.model_path, num_labels=1, dtype=torch.float32, local_files_only=True
+        ctx.model_path, num_labels=1, dtype=placement.frozen_dtype, local_files_only=True
     )
     model.config.pad_token_id = ctx.pad_id
+    model.to(placement.device)
     lora = ctx.spec.lora
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), task_type="SEQ_CLS")
-    return get_peft_model(model, config)
+    discriminator = get_peft_model(model, config)
+    # The scalar head is trained (peft's modules_to_save); keep it fp32 like the adapter.
+    for p in discriminator.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    if ctx.spec.hyperparameters.gradient_checkpointing:
+        enable_gradient_checkpointing(discriminator)
+    return discriminator
 
 
 def reward_logits(model: nn.Module, items: list[Encoded], pad_id: int) -> Tensor:
     """``(B,)`` discriminator logits ``f_φ(x, y)`` (the reward)."""
-    batch = collate(items, pad_id)
+    batch = to_device(collate(items, pad_id), model_device(model))
     logits: Tensor = model(input_ids=batch["input_ids"],
                            attention_mask=batch["attention_mask"]).logits
-    return logits.squeeze(-1)
+    return logits.squeeze(-1).float()  # the loss in fp32 (a no-op on the CPU)
 
 
 @dataclass
@@ -111,14 +129,21 @@ class DiscriminatorStage:
     def size(self) -> int:
         return len(self._train[0])
 
-    def loss(self, ctx: TrainContext, indices: list[int]) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, ctx: TrainContext, indices: list[int], batch: list[int]
+    ) -> tuple[Tensor, dict[str, float]]:
         pos, neg = self._train
         items = [pos[i] for i in indices] + [neg[i] for i in indices]
         logits = reward_logits(ctx.modules[self.module], items, ctx.pad_id)  # (2B,)
         sft_logits, init_logits = logits.split(len(indices))
         labels = torch.cat([torch.ones(len(indices)), torch.zeros(len(indices))]).bool()
+        labels = labels.to(logits.device)
         accuracy = float(discriminator_accuracy(logits.detach(), labels))
-        return discriminator_loss(sft_logits, init_logits), {"rm/accuracy": accuracy}
+        if len(indices) == len(batch):
+            loss = discriminator_loss(sft_logits, init_logits)
+        else:  # both classes have len(batch) examples in the batch: a share of each class mean
+            loss = batch_share(discriminator_losses(logits, labels), len(batch))
+        return loss, {"rm/accuracy": accuracy}
 
     @torch.no_grad()
     def held_out_accuracy(self, ctx: TrainContext) -> float | None:
@@ -128,7 +153,7 @@ class DiscriminatorStage:
         model = ctx.modules[self.module]
         model.eval()
         logits = reward_logits(model, pos + neg, ctx.pad_id)
-        labels = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).bool()
+        labels = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).bool().to(logits.device)
         return float(discriminator_accuracy(logits, labels))
 
 
@@ -148,7 +173,7 @@ def save_reward_model(ctx: TrainContext, folder: Path) -> None:
     ctx.summary["afd"] = {"reward_model_heldout_accuracy": accuracy,
                           "reward_model_dir": REWARD_DIR}
     target = folder / REWARD_DIR
-    ctx.modules["reward_model"].save_pretrained(target)  # type: ignore[operator]
+    save_pretrained(ctx.modules["reward_model"], target, ctx.full_states.get("reward_model"))
     ctx.tokenizer.save_pretrained(target)
     info = {"kind": "afd_init_sft_discriminator", "base_model": ctx.model_path,
             "reward": "logit of D(sft vs init)", "heldout_accuracy": accuracy}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from contracts.specs import DPOSpec
 from trainers.loop import Stage, TrainContext
 from trainers.recipes.base import Recipe, Records
 from trainers.recipes.stages import PairStage
-from contracts.specs import DPOSpec
 
 
 def dpo_stages(ctx: TrainContext, records: Records) -> list[Stage]:

@@ -25,11 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from align_core import latent_distance, latent_distance_weights
+from contracts.specs import LDAlignSpec, split_steps
 from trainers.loop import Stage, TrainContext
-from trainers.modeling import Encoded, base_weights, collate, sample
+from trainers.modeling import Encoded, base_weights, collate, model_device, sample, to_device
 from trainers.recipes.base import Recipe, Records
 from trainers.recipes.stages import PairStage, encode_all
-from contracts.specs import LDAlignSpec, split_steps
 
 
 @torch.no_grad()
@@ -39,13 +39,14 @@ def pooled_features(ctx: TrainContext, items: list[Encoded], batch_size: int = 8
     model.eval()
     with base_weights(model):
         for start in range(0, len(items), batch_size):
-            batch = collate(items[start : start + batch_size], ctx.pad_id)
+            batch = to_device(collate(items[start : start + batch_size], ctx.pad_id),
+                              model_device(model))
             hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            output_hidden_states=True).hidden_states[-1]  # (B, T, H)
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             out.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0))
     model.train()
-    return torch.cat(out)
+    return torch.cat(out).float().cpu()  # the auto-encoder is small: it trains on the CPU
 
 
 def train_autoencoder(features: Tensor, latent_dim: int, steps: int, seed: int) -> nn.Module:

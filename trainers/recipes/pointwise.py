@@ -6,10 +6,10 @@ loss (``pointwise_dpo`` vs ``ulma``), which the spec holds.
 
 from __future__ import annotations
 
+from contracts.specs import PointwiseDPOSpec, ULMASpec
 from trainers.loop import Stage, TrainContext
 from trainers.recipes.base import Recipe, Records
 from trainers.recipes.stages import PointwiseStage
-from contracts.specs import PointwiseDPOSpec, ULMASpec
 
 
 def pointwise_stages(ctx: TrainContext, records: Records) -> list[Stage]:

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
+from contracts.specs import RDPOSpec
 from trainers.loop import Stage, TrainContext
 from trainers.modeling import Messages, sample
 from trainers.recipes.base import Recipe, Records
 from trainers.recipes.stages import PairStage
 from trainers.scorers import SCORERS
-from contracts.specs import RDPOSpec
 
 logger = logging.getLogger(__name__)
 

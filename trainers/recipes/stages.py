@@ -21,10 +21,19 @@ from align_core import (
     PAIR_LOSSES,
     POINTWISE_LOSSES,
     implicit_rewards,
+    positive_mask,
     weighted_mean,
 )
 from trainers.loop import TrainContext
 from trainers.modeling import Encoded, batch_logps, encode, frozen_logps, is_adapter
+
+
+def batch_share(losses: Tensor, batch_size: int, weights: Tensor | None = None) -> Tensor:
+    """A micro-batch's part of the global batch's ``weighted_mean``: ``sum(w * l) / B``.
+    Summed over the micro-batches of a batch, it is ``weighted_mean`` of the whole batch."""
+    if weights is not None:
+        losses = losses * weights.detach().to(losses)
+    return losses.sum() / batch_size
 
 
 class LazyReference:
@@ -103,21 +112,23 @@ class PairStage:
     def size(self) -> int:
         return len(self.records)
 
-    def loss(self, ctx: TrainContext, indices: list[int]) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, ctx: TrainContext, indices: list[int], batch: list[int]
+    ) -> tuple[Tensor, dict[str, float]]:
         hp = ctx.spec.hyperparameters
         items = [self._chosen[i] for i in indices] + [self._rejected[i] for i in indices]
         logps = batch_logps(ctx.policy, items, ctx.pad_id)  # (2B,): [chosen; rejected]
         policy_chosen, policy_rejected = logps.split(len(indices))
-        ref = self._ref[indices]  # (B, 2)
+        ref = self._ref[indices].to(logps.device)  # (B, 2)
         scores: dict[str, Tensor] = {}
         if self.chosen_scores is not None and self.rejected_scores is not None:
-            scores = {"chosen_scores": self.chosen_scores[indices],
-                      "rejected_scores": self.rejected_scores[indices]}
+            scores = {"chosen_scores": self.chosen_scores[indices].to(logps.device),
+                      "rejected_scores": self.rejected_scores[indices].to(logps.device)}
         losses = PAIR_LOSSES.get(self.loss_name)(
             policy_chosen, policy_rejected, ref[:, 0], ref[:, 1], beta=hp.beta,
             options=self.loss_options, **scores,
         )  # (B,)
-        weights = self.weights[indices] if self.weights is not None else None
+        weights = self.weights[indices].to(logps.device) if self.weights is not None else None
         chosen_r = implicit_rewards(policy_chosen, ref[:, 0], hp.beta)
         rejected_r = implicit_rewards(policy_rejected, ref[:, 1], hp.beta)
         metrics = {
@@ -128,7 +139,9 @@ class PairStage:
             "logps/chosen": float(policy_chosen.detach().mean()),
             "logps/rejected": float(policy_rejected.detach().mean()),
         }
-        return weighted_mean(losses, weights), metrics
+        if len(indices) == len(batch):
+            return weighted_mean(losses, weights), metrics
+        return batch_share(losses, len(batch), weights), metrics
 
 
 @dataclass
@@ -163,12 +176,14 @@ class PointwiseStage:
     def size(self) -> int:
         return len(self.records)
 
-    def loss(self, ctx: TrainContext, indices: list[int]) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, ctx: TrainContext, indices: list[int], batch: list[int]
+    ) -> tuple[Tensor, dict[str, float]]:
         entry = POINTWISE_LOSSES.get(self.loss_name)
         items = [self._items[i] for i in indices]
         policy = batch_logps(ctx.policy, items, ctx.pad_id, average=True)  # (B,)
-        labels = self._labels[indices]
-        ref = self._ref[indices] if self._ref is not None else None
+        labels = self._labels[indices].to(policy.device)
+        ref = self._ref[indices].to(policy.device) if self._ref is not None else None
         beta = ctx.spec.hyperparameters.beta
         losses = entry(policy, ref, labels, beta=beta, log_z=self.log_z)
         positive = labels == 1
@@ -178,7 +193,18 @@ class PointwiseStage:
             h = (policy - ref).detach()
             metrics["rewards/positive"] = _masked_mean(beta * h, positive)
             metrics["rewards/negative"] = _masked_mean(beta * h, ~positive)
-        return entry.reduce(losses, labels), metrics
+        if len(indices) == len(batch):
+            return entry.reduce(losses, labels), metrics
+        if not entry.group_wise:
+            return batch_share(losses, len(batch)), metrics
+        # group_mean over the whole batch: each example counts 1 / (size of its label group in
+        # the batch), so the micro-batches' parts add up to the batch's group-wise mean.
+        in_batch = positive_mask(self._labels[batch])
+        n_pos = int(in_batch.sum())
+        counts = {True: max(n_pos, 1), False: max(len(batch) - n_pos, 1)}
+        positive = positive_mask(labels)
+        per_example = torch.tensor([1.0 / counts[bool(p)] for p in positive], device=policy.device)
+        return (losses * per_example.to(losses)).sum(), metrics
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> float:
@@ -202,7 +228,10 @@ class SFTStage:
     def size(self) -> int:
         return len(self.records)
 
-    def loss(self, ctx: TrainContext, indices: list[int]) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, ctx: TrainContext, indices: list[int], batch: list[int]
+    ) -> tuple[Tensor, dict[str, float]]:
         logps = batch_logps(ctx.policy, [self._items[i] for i in indices], ctx.pad_id,
                             average=True)  # (B,)
-        return -logps.mean(), {"logps/mean_token": float(logps.detach().mean())}
+        loss = -logps.mean() if len(indices) == len(batch) else -batch_share(logps, len(batch))
+        return loss, {"logps/mean_token": float(logps.detach().mean())}
