@@ -1,7 +1,8 @@
 """The checkpoint format shared by trainers and server: manifest, hashing, verification.
 
-Checkpoints (final ones, and the trainers' resume points) are written into a temporary directory next to their target and renamed into place, so a
-half-written checkpoint is never visible. A final checkpoint's ``manifest.json`` carries the full
+Checkpoints (final ones, and the trainers' resume points) are written into a temporary
+directory next to their target and renamed into place, so a half-written checkpoint is never
+visible. A final checkpoint's ``manifest.json`` carries the full
 resolved job config, the base model identity, metrics, data hashes and the sha256 of every file.
 """
 

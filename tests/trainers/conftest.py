@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.trainers.tiny import build_tiny_model
 from contracts.datasets import import_dataset
 from contracts.specs import parse_spec, total_steps
 from contracts.store import Job, SqliteJobStore
+from tests.trainers.tiny import build_tiny_model
 
 SMALL = {"max_length": 64, "max_prompt_length": 32, "batch_size": 4}
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from contracts.store import SqliteJobStore
 from server.api.app import create_app
 from server.auth import KeyRing
 from server.training import TrainingService
 from tests.fakes import FakeEngine
 from tests.trainers.conftest import SMALL, jsonl, pairs
-from contracts.store import SqliteJobStore
 from trainers.worker import Worker, WorkerConfig
 
 USER, ADMIN = "user-key", "admin-key"

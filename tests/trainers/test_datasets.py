@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainers.conftest import jsonl, pairs, pointwise
 from contracts.datasets import DatasetError, DatasetTooLargeError, import_dataset, load_records
 from contracts.store import SqliteJobStore
+from tests.trainers.conftest import jsonl, pairs, pointwise
 
 
 def _nothing_stored(store: SqliteJobStore, home: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from align_core import sequence_logps
+from contracts.specs import LoraSpec
 from trainers.modeling import (
     Encoded,
     batch_logps,
@@ -16,7 +17,6 @@ from trainers.modeling import (
     load_policy,
     load_tokenizer,
 )
-from contracts.specs import LoraSpec
 
 
 def _full_forward_logps(

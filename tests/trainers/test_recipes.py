@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.trainers.conftest import demonstrations, pairs, pointwise
 from contracts.checkpoints import verify_checkpoint
 from contracts.store import Job, SqliteJobStore
+from tests.trainers.conftest import demonstrations, pairs, pointwise
 from trainers.worker import Worker, WorkerConfig
 
 LR = {"learning_rate": 1e-2}

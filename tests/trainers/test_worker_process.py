@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainers.conftest import pairs
 from contracts.store import Job, SqliteJobStore
+from tests.trainers.conftest import pairs
 from trainers.worker import Worker, WorkerConfig
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,12 +13,12 @@ from server.workers import WorkerPool
 class ShortLivedPool(WorkerPool):
     """Workers that exit at once with an error, as a crashed or OOM-killed worker would."""
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
 
 
 class SleepingPool(WorkerPool):
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 
 
