@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING
 
 from server.engine.deployments import ModelVersion
@@ -32,7 +32,7 @@ MAX_RESTARTS = 8
 
 async def run_groups(
     engine: VLLMEngine, request: GenerationRequest, version: ModelVersion, label: str
-) -> AsyncIterator[list[GenerationDelta]]:
+) -> AsyncGenerator[list[GenerationDelta], None]:
     """Deltas of all ``n`` guided choices, merged as they come."""
     alignment = request.alignment
     assert alignment is not None

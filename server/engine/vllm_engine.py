@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,8 +162,11 @@ class VLLMEngine:
                 stream = self._plain(request, version, label)
             else:
                 stream = run_groups(self, request, version, label)
-            async for deltas in stream:
-                yield deltas
+            try:
+                async for deltas in stream:
+                    yield deltas
+            finally:  # a client that went away closes us: close the engine side now, not at GC
+                await stream.aclose()
         finally:
             self.gate.leave()
             if version is not None:
@@ -192,7 +195,7 @@ class VLLMEngine:
 
     async def _plain(
         self, request: GenerationRequest, version: ModelVersion, label: str
-    ) -> AsyncIterator[list[GenerationDelta]]:
+    ) -> AsyncGenerator[list[GenerationDelta], None]:
         params = sampling_params(request.sampling)
         collector = await self.add(
             request.request_id, list(request.prompt_ids), params, lora_request(version)
