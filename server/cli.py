@@ -70,12 +70,12 @@ def _serve(args: argparse.Namespace) -> int:
     from server.training import TrainingService
     from server.workers import WorkerPool
 
-    training = TrainingService(
-        open_store(settings.store_url or settings.home / "jobs.db"), settings.home,
-        base_model=str(resolved.path),
-    )
+    store = open_store(settings.store_url or settings.home / "jobs.db")
+    training = TrainingService(store, settings.home, base_model=str(resolved.path))
     app = create_app(
-        engine, keyring, presets_file=settings.presets_file, home=settings.home, training=training
+        engine, keyring, presets_file=settings.presets_file, home=settings.home, training=training,
+        store=store, replica_id=settings.effective_replica_id,
+        reconcile_interval_s=settings.reconcile_interval_s,
     )
     pool = WorkerPool(settings.workers, settings.home, str(resolved.path))
     pool.start()

@@ -1,290 +1,365 @@
-"""Deployments: verify a checkpoint, put it live in the running engine, roll it back.
+"""Deployments: verify a checkpoint, put it live on every serving replica, roll it back.
 
-A version goes live only after its manifest and checksums verify, its base model matches the
-served one and a smoke generation on it succeeds; any failure leaves the previous version
-serving and marks the deployment failed with the reason. Records persist in
-``ALIGNSERVE_HOME/deployments.json`` (atomic, fsynced writes), so the history survives a restart
-and :meth:`DeploymentService.restore` puts what was live back through the same gate at start.
-Version numbers come from these records, so they never restart.
+What is live under each name, and every version it ever had, is desired state in the shared
+store (``contracts/deployments.py``), not in this process: version numbers come from
+``propose_version``, a deploy or rollback is ``set_live`` and a delete is ``remove``. Every
+replica brings its own engine to that state (``server/reconciler.py``) through the same gate this
+service uses for the routes, and reports what it serves with ``report_replica_status``.
+
+The gate: the checkpoint's manifest and checksums verify, its base model is the served one, its
+weights are finite, its format suits the mode, and a smoke generation on the staged version
+succeeds. A deploy through this replica passes the gate here *before* ``set_live``, so a broken
+checkpoint never becomes desired state for the other replicas; any failure leaves the previous
+version serving and answers ``status: "failed"`` with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
-from contracts.checkpoints import MANIFEST, sha256_file, verify_checkpoint
+from contracts.deployments import (
+    Deployment,
+    DeploymentStore,
+    DeploymentVersion,
+    DeployMode,
+    ReplicaStatus,
+)
+from server.checkpoint_gate import CheckpointChecks, check_finite
 from server.engine.base import Engine
 from server.engine.deployer import Deployer, SwapResult
-from server.errors import ConflictError, InvalidRequestError, NotFoundError
+from server.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceUnavailableError
 from server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-DeployMode = Literal["adapter", "full"]
+__all__ = ["DeployMode", "DeploymentRecord", "DeploymentService", "check_finite"]
+T = TypeVar("T")
 
 
 @dataclass
 class DeploymentRecord:
+    """One version of a deployment as the API shows it."""
+
     name: str
-    version: int | None
+    version: int | None  # None: refused before a version was allocated
     checkpoint: str
     mode: str
-    status: str  # deploying | live | retired | failed | rolled_back
+    status: str  # deploying | live | retired | failed
     reason: str | None
     created_at: float
     swap_seconds: float | None = None
     phases: dict[str, float] | None = None  # seconds per phase: verify, load/drain, smoke, ...
 
     @property
-    def label(self) -> str:
-        return f"{self.name}@{self.version}"
+    def label(self) -> str | None:
+        live_once = self.version is not None and self.status not in ("failed", "deploying")
+        return f"{self.name}@{self.version}" if live_once else None
+
+    def view(self) -> dict[str, Any]:
+        return {**asdict(self), "label": self.label}
+
+
+@dataclass
+class LocalOutcome:
+    """What happened to one version on this replica (phases and timings are not shared)."""
+
+    status: str  # deploying | live | failed
+    reason: str | None = None
+    swap_seconds: float | None = None
+    phases: dict[str, float] | None = None
 
 
 class DeploymentService:
-    def __init__(self, engine: Engine, deployer: Deployer, home: Path, metrics: Metrics):
+    def __init__(
+        self, engine: Engine, deployer: Deployer, home: Path, metrics: Metrics,
+        store: DeploymentStore, replica_id: str,
+    ):
         self.engine = engine
         self.deployer = deployer
         self.home = home
         self.metrics = metrics
-        self.path = home / "deployments.json"
-        self.records: list[DeploymentRecord] = self._load()
-        self._lock = asyncio.Lock()  # one deployment change at a time
+        self.store = store
+        self.replica_id = replica_id
+        self.checks = CheckpointChecks(engine, home)
+        # One deployment change at a time on this replica: routes and the reconciler share it.
+        self.lock = asyncio.Lock()
+        self.outcomes: dict[tuple[str, int], LocalOutcome] = {}
+        self._reported: dict[str, tuple[int | None, str, str | None]] = {}
+        # Set when this engine may differ from the desired state without a revision change
+        # (a local switch whose set_live failed): the reconciler then runs at its next poll.
+        self.needs_reconcile = False
+        if (home / "deployments.json").is_file():
+            logger.warning(
+                "%s is no longer read: deployments live in the job store now; deploy again "
+                "what should be live", home / "deployments.json",
+            )
 
     # -- API -------------------------------------------------------------------------------
-    def records_view(self) -> list[dict[str, Any]]:
-        return [
-            {**asdict(r), "label": r.label if r.version and r.status != "failed" else None}
-            for r in self.records
-        ]
+    async def overview(self) -> dict[str, Any]:
+        """Every version of every deployment (oldest first) and every replica's report."""
+        deployments, versions, statuses = await _call(self._read_all)
+        records = []
+        for v in sorted(versions, key=lambda v: (v.created_at, v.name, v.version)):
+            record = self._record(v, deployments[v.name], statuses).view()
+            record["replicas"] = [
+                _status_view(s) for s in statuses if s.name == v.name and s.version == v.version
+            ]
+            records.append(record)
+        return {"data": records, "replicas": [_status_view(s) for s in statuses]}
 
     async def deploy(self, checkpoint: str, name: str, mode: DeployMode) -> dict[str, Any]:
-        if name in self._base_names() or "@" in name or not name.strip():
-            raise InvalidRequestError(f"'{name}' cannot be a deployment name", param="name")
-        folder = self._checkpoint_folder(checkpoint)
-        async with self._lock:
-            number = 1 + max((r.version or 0 for r in self.records if r.name == name), default=0)
-            record = DeploymentRecord(
-                name, number, checkpoint, mode, "deploying", None, time.time()
-            )
-            self.records.append(record)
-            try:
-                result = await self._put_live(record, folder)
-            except Exception as exc:
-                return self._failed(record, exc)
-            record.status, record.swap_seconds = "live", result.seconds
-            record.phases = dict(result.phases)
-            self._retire_others(record)
-            self._observe(mode, "ok", result.seconds)
-            self._save()
-            logger.info("deployed %s (%s, %.2f s)", result.label, mode, result.seconds)
-        return {**asdict(record), "label": record.label}
+        """Verify, allocate a version, switch this engine, then make it desired everywhere."""
+        record = await self._deploy(checkpoint, name, mode, unique=False)
+        assert record is not None
+        return record
 
-    async def rollback(self, name: str) -> dict[str, Any]:
-        async with self._lock:
-            live = self._live(name)
-            earlier = [
-                r
-                for r in self.records
-                if r.name == name
-                and r.status == "retired"
-                and r.version is not None
-                and r.version < (live.version or 0)
-            ]
-            if not earlier:
-                raise ConflictError(f"deployment '{name}' has no earlier version to roll back to")
-            target = earlier[-1]
+    async def deploy_once(
+        self, checkpoint: str, name: str, mode: DeployMode
+    ) -> dict[str, Any] | None:
+        """Like :meth:`deploy`, but None when ``checkpoint`` already has a version of ``name``
+        (every replica auto-deploys finished jobs; only the lowest version number proceeds)."""
+        return await self._deploy(checkpoint, name, mode, unique=True)
+
+    async def rollback(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """Make ``version`` live again (default: the newest version older than the live one
+        that is not known to have failed)."""
+        async with self.lock:
+            deployment = await _call(self.store.deployment, name)
+            if deployment is None or deployment.live_version is None:
+                raise NotFoundError(f"no live deployment named '{name}'", param="name")
+            history = await _call(self.store.history, name)
+            reports = await _call(self.store.replica_statuses, name)
+            target = self._rollback_target(deployment, history, reports, version)
             try:
-                result = await self._put_live(target, self._checkpoint_folder(target.checkpoint))
+                result = await self.gate(target)
             except Exception as exc:
-                self._observe(target.mode, "failed", None)
-                raise ConflictError(f"rollback of '{name}' failed: {exc}") from exc
-            live.status, target.status = "rolled_back", "live"
-            self._observe(target.mode, "ok", result.seconds)
-            self._save()
-            return {
-                **asdict(target),
-                "label": target.label,
-                "swap_seconds": result.seconds,
-                "phases": result.phases,
-            }
+                raise ConflictError(
+                    f"rollback of '{name}' to version {target.version} failed: {exc}"
+                ) from exc
+            await self._publish(target)
+            record = self._record(target, deployment, [], status="live")
+            return {**record.view(), "swap_seconds": result.seconds, "phases": result.phases}
 
     async def delete(self, name: str) -> None:
-        async with self._lock:
-            live = self._live(name)
-            await self.deployer.undeploy(name)
-            live.status = "retired"
-            self._save()
-
-    async def restore(self) -> None:
-        """At start: put back, through the same gate, every version that was live at exit."""
-        for record in [r for r in self.records if r.status in ("live", "deploying")]:
-            if record.status == "deploying":  # the server stopped mid-deploy
-                record.status, record.reason = "failed", "server stopped during the deployment"
-                continue
+        async with self.lock:
+            deployment = await _call(self.store.deployment, name)
+            if deployment is None or deployment.live_version is None:
+                raise NotFoundError(f"no live deployment named '{name}'", param="name")
+            await _call(self.store.remove, name)
             try:
-                folder = self._checkpoint_folder(record.checkpoint)
-                await self._put_live(record, folder)
-                logger.info("restored %s after restart", record.label)
+                await self.deployer.undeploy(name)
+            except Exception:
+                self.needs_reconcile = True
+                raise
+            await self.report(name, None, "removed")
+
+    async def proposed_checkpoints(self) -> set[str]:
+        """Checkpoint ids that have a version of some deployment (any replica proposed it)."""
+        _, versions, _ = await _call(self._read_all)
+        return {v.checkpoint_id for v in versions if v.checkpoint_id}
+
+    # -- the gate (routes and reconciler) ---------------------------------------------------
+    async def gate(self, version: DeploymentVersion) -> SwapResult:
+        """Verify ``version``'s checkpoint and switch this engine to it (the caller holds
+        :attr:`lock`); raises with the reason, the previous version still serving."""
+        key = (version.name, version.version)
+        self.outcomes[key] = LocalOutcome("deploying")
+        try:
+            weights, verify_s = await self._verify(Path(version.path), version.mode)
+            return await self._switch(version.name, weights, version.mode, version.version,
+                                      verify_s)
+        except Exception as exc:
+            self._failed(key, version.mode, exc)
+            raise
+
+    async def report(
+        self, name: str, version: int | None, state: str, error: str | None = None
+    ) -> None:
+        """Tell the store what this replica serves under ``name`` (skipped when unchanged)."""
+        entry = (version, state, error)
+        if self._reported.get(name) == entry:
+            return
+        try:
+            await _call(self.store.report_replica_status, self.replica_id, name, version, state,
+                        error)
+        except Exception as exc:  # a report describes; it must never undo a deployment
+            logger.warning("could not report %s of %s to the store: %s", state, name, exc)
+            return
+        self._reported[name] = entry
+
+    # -- internals -------------------------------------------------------------------------
+    async def _deploy(
+        self, checkpoint: str, name: str, mode: DeployMode, unique: bool
+    ) -> dict[str, Any] | None:
+        if name in self._base_names() or "@" in name or not name.strip():
+            raise InvalidRequestError(f"'{name}' cannot be a deployment name", param="name")
+        folder = self.checks.folder(checkpoint)
+        async with self.lock:
+            if unique and await self._has_version(name, checkpoint, below=None):
+                return None
+            created = time.time()
+            try:
+                weights, verify_s = await self._verify(folder, mode)
+            except Exception as exc:  # refused before a version exists: nothing in the store
+                reason = _reason(exc)
+                self._observe(mode, "failed", None)
+                logger.warning("checkpoint %s refused for %s: %s", checkpoint, name, reason)
+                return DeploymentRecord(
+                    name, None, checkpoint, mode, "failed", reason, created
+                ).view()
+            number = await _call(self.store.propose_version, name, str(folder), mode, checkpoint)
+            if unique and await self._has_version(name, checkpoint, below=number):
+                logger.info("%s@%d not deployed: another replica proposed %s first",
+                            name, number, checkpoint)
+                return None
+            key = (name, number)
+            self.outcomes[key] = LocalOutcome("deploying")
+            try:
+                result = await self._switch(name, weights, mode, number, verify_s)
             except Exception as exc:
-                record.status = "failed"
-                record.reason = f"could not be restored after a restart: {exc}"
-                logger.error("deployment %s not restored: %s", record.label, exc)
-        self._save()
+                outcome = self._failed(key, mode, exc)
+                return DeploymentRecord(
+                    name, number, checkpoint, mode, "failed", outcome.reason, created
+                ).view()
+            version = DeploymentVersion(name, number, str(folder), mode, checkpoint, created)
+            await self._publish(version)
+            return DeploymentRecord(
+                name, number, checkpoint, mode, "live", None, created, result.seconds,
+                dict(result.phases),
+            ).view()
 
-    async def _put_live(self, record: DeploymentRecord, folder: Path) -> SwapResult:
-        """Verify the checkpoint, then stage, smoke-test and switch it in the engine."""
-        assert record.version is not None
-        checked = time.monotonic()
-        weights = await asyncio.to_thread(self._verified_weights, folder, record.mode)  # type: ignore[arg-type]
-        verify_s = time.monotonic() - checked
-        logger.info("checkpoint %s verified in %.2f s", record.checkpoint, verify_s)
-        result = await self.deployer.deploy(
-            record.name, weights, record.mode, record.version, self._smoke()  # type: ignore[arg-type]
-        )
-        return SwapResult(
-            result.label, result.previous, result.seconds + verify_s,
-            {"verify_s": verify_s, **result.phases},
+    async def _has_version(self, name: str, checkpoint: str, below: int | None) -> bool:
+        history = await _call(self.store.history, name)
+        return any(
+            v.checkpoint_id == checkpoint and (below is None or v.version < below)
+            for v in history
         )
 
-    def _base_names(self) -> set[str]:
-        return {card.id for card in self.engine.model_cards() if card.parent is None}
+    async def _verify(self, folder: Path, mode: DeployMode) -> tuple[Path, float]:
+        started = time.monotonic()
+        weights = await asyncio.to_thread(self.checks.verified_weights, folder, mode)
+        verify_s = time.monotonic() - started
+        logger.info("checkpoint %s verified in %.2f s", folder.name, verify_s)
+        return weights, verify_s
 
-    def _model_path(self) -> Path:
-        path = self.engine.model_path
-        if path is None:
-            raise ValueError("the engine serves no local base model")
-        return path
+    async def _switch(
+        self, name: str, weights: Path, mode: DeployMode, number: int, verify_s: float
+    ) -> SwapResult:
+        """Stage, smoke-test and make live ``name@number`` in this engine."""
+        result = await self.deployer.deploy(name, weights, mode, number, self._smoke())
+        seconds = result.seconds + verify_s
+        phases = {"verify_s": verify_s, **result.phases}
+        self.outcomes[(name, number)] = LocalOutcome("live", None, seconds, phases)
+        self._observe(mode, "ok", seconds)
+        logger.info("%s live on this replica (%s, %.2f s)", result.label, mode, seconds)
+        return SwapResult(result.label, result.previous, seconds, phases)
 
-    # -- checks ----------------------------------------------------------------------------
-    def _checkpoint_folder(self, checkpoint: str) -> Path:
-        folder = (self.home / "checkpoints" / checkpoint).resolve()
-        if folder.parent != (self.home / "checkpoints").resolve() or not folder.is_dir():
-            raise NotFoundError(f"checkpoint '{checkpoint}' not found", param="checkpoint")
-        return folder
+    async def _publish(self, version: DeploymentVersion) -> None:
+        """Make ``version`` (live here already) the desired state of every replica."""
+        try:
+            await _call(self.store.set_live, version.name, version.version)
+            if version.mode == "full":
+                # One set of full weights serves at a time: the others stop being desired.
+                for other, live in (await _call(self.store.desired)).items():
+                    if other != version.name and live.mode == "full":
+                        await _call(self.store.remove, other)
+                        await self.deployer.undeploy(other)
+                        await self.report(other, None, "removed")
+        except Exception as exc:
+            self.needs_reconcile = True  # this engine returns to whatever the store says
+            raise ServiceUnavailableError(
+                f"{version.name}@{version.version} passed the gate here but the store did not "
+                f"record it: {exc}"
+            ) from exc
+        await self.report(version.name, version.version, "live")
 
-    def _verified_weights(self, folder: Path, mode: DeployMode) -> Path:
-        """The folder to load, after every check; raises ValueError with the reason."""
-        manifest_path = folder / MANIFEST
-        if not manifest_path.is_file():
-            raise ValueError("checkpoint has no manifest")
-        manifest = json.loads(manifest_path.read_text())
-        bad = verify_checkpoint(folder)
-        if bad:
-            raise ValueError(f"checksum mismatch in {', '.join(bad)}")
-        self._check_base(manifest.get("base_model") or {})
-        check_finite(folder)
-        fmt = manifest.get("format")
-        if mode == "adapter":
-            if fmt != "peft-lora":
-                raise ValueError(f"mode 'adapter' needs a LoRA checkpoint, this one is '{fmt}'")
-            rank = json.loads((folder / "adapter_config.json").read_text()).get("r", 0)
-            if rank > self.engine.max_lora_rank:
-                raise ValueError(
-                    f"adapter rank {rank} exceeds the engine's max_lora_rank "
-                    f"{self.engine.max_lora_rank}"
-                )
-            return folder
-        if fmt == "hf-full":
-            return folder
-        if fmt == "peft-lora":
-            return self._merged(folder, manifest["checkpoint_id"])
-        raise ValueError(f"unknown checkpoint format '{fmt}'")
+    def _rollback_target(
+        self, deployment: Deployment, history: list[DeploymentVersion],
+        reports: list[ReplicaStatus], version: int | None,
+    ) -> DeploymentVersion:
+        name = deployment.name
+        if version is not None:
+            found = [v for v in history if v.version == version]
+            if not found:
+                raise NotFoundError(f"deployment '{name}' has no version {version}",
+                                    param="version")
+            if version == deployment.live_version:
+                raise ConflictError(f"version {version} of '{name}' is already live")
+            return found[0]
+        # Versions that failed the gate here or on another replica would only fail again.
+        failed = {v for (n, v), o in self.outcomes.items() if n == name and o.status == "failed"}
+        failed |= {s.version for s in reports if s.state == "failed" and s.version is not None}
+        earlier = [
+            v for v in history
+            if v.version < (deployment.live_version or 0) and v.version not in failed
+        ]
+        if not earlier:
+            raise ConflictError(f"deployment '{name}' has no earlier version to roll back to")
+        return earlier[-1]
 
-    def _check_base(self, base: dict[str, Any]) -> None:
-        served = self._model_path()
-        want = base.get("config_sha256")
-        have = sha256_file(served / "config.json") if (served / "config.json").is_file() else None
-        if want is None or want != have:
-            raise ValueError(
-                f"checkpoint was trained on '{base.get('name')}', not on the served base model "
-                f"'{served.name}'"
-            )
-
-    def _merged(self, folder: Path, checkpoint_id: str) -> Path:
-        """A LoRA checkpoint merged into full weights (cached), for mode 'full'."""
-        from server.merge import merge_lora
-
-        target = self.home / "merged" / checkpoint_id
-        if not (target / "config.json").is_file():
-            merge_lora(self._model_path(), folder, target)
-        return target
-
-    def _smoke(self) -> list[int]:
-        renderer = self.engine.renderer
-        return renderer.encode(renderer.render_chat([{"role": "user", "content": "Hello"}], True))
-
-    # -- records ---------------------------------------------------------------------------
-    def _live(self, name: str) -> DeploymentRecord:
-        for record in reversed(self.records):
-            if record.name == name and record.status == "live":
-                return record
-        raise NotFoundError(f"no live deployment named '{name}'", param="name")
-
-    def _retire_others(self, record: DeploymentRecord) -> None:
-        for other in self.records:
-            if other is not record and other.status == "live":
-                same_name = other.name == record.name
-                replaced_weights = record.mode == "full" and other.mode == "full"
-                if same_name or replaced_weights:
-                    other.status = "retired"
-
-    def _failed(self, record: DeploymentRecord, exc: Exception) -> dict[str, Any]:
-        record.status, record.reason = "failed", str(exc) or type(exc).__name__
-        self._observe(record.mode, "failed", None)
-        self._save()
-        logger.warning(
-            "deployment of %s as %s failed: %s", record.checkpoint, record.name, record.reason
+    def _record(
+        self, v: DeploymentVersion, deployment: Deployment, statuses: list[ReplicaStatus],
+        status: str | None = None,
+    ) -> DeploymentRecord:
+        outcome = self.outcomes.get((v.name, v.version))
+        reason = None
+        if status is None:
+            status = "retired"
+            failed_reports = [s.error for s in statuses
+                           if s.name == v.name and s.version == v.version and s.state == "failed"]
+            if v.version == deployment.live_version:
+                status = "live"
+            elif outcome is not None and outcome.status in ("failed", "deploying"):
+                status, reason = outcome.status, outcome.reason
+            elif failed_reports:
+                status, reason = "failed", failed_reports[0]
+        checkpoint = v.checkpoint_id or Path(v.path).name
+        return DeploymentRecord(
+            v.name, v.version, checkpoint, v.mode, status, reason, v.created_at,
+            outcome.swap_seconds if outcome else None, outcome.phases if outcome else None,
         )
-        return {**asdict(record), "label": None}
+
+    def _read_all(
+        self,
+    ) -> tuple[dict[str, Deployment], list[DeploymentVersion], list[ReplicaStatus]]:
+        deployments = {d.name: d for d in self.store.list_deployments()}
+        versions = [v for name in deployments for v in self.store.history(name)]
+        return deployments, versions, self.store.replica_statuses()
+
+    def _failed(self, key: tuple[str, int], mode: str, exc: Exception) -> LocalOutcome:
+        outcome = LocalOutcome("failed", _reason(exc))
+        self.outcomes[key] = outcome
+        self._observe(mode, "failed", None)
+        logger.warning("%s@%d did not go live on this replica: %s", *key, outcome.reason)
+        return outcome
 
     def _observe(self, mode: str, outcome: str, seconds: float | None) -> None:
         self.metrics.swaps.labels(mode, outcome).inc()
         if seconds is not None:
             self.metrics.swap_seconds.labels(mode).observe(seconds)
 
-    def _load(self) -> list[DeploymentRecord]:
-        if not self.path.is_file():
-            return []
-        try:
-            return [DeploymentRecord(**r) for r in json.loads(self.path.read_text())]
-        except (ValueError, TypeError) as exc:
-            # A damaged file must not keep the server down; keep it for inspection.
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            os.replace(self.path, aside)
-            logger.error("deployment records unreadable (%s); moved to %s", exc, aside)
-            return []
+    def _base_names(self) -> set[str]:
+        return {card.id for card in self.engine.model_cards() if card.parent is None}
 
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".deployments-")
-        with os.fdopen(fd, "w") as f:
-            json.dump([asdict(r) for r in self.records], f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+    def _smoke(self) -> list[int]:
+        renderer = self.engine.renderer
+        return renderer.encode(renderer.render_chat([{"role": "user", "content": "Hello"}], True))
 
 
-def check_finite(folder: Path) -> None:
-    """Refuse weights holding NaN or infinity: one such tensor poisons every answer."""
-    import torch
-    from safetensors import safe_open
+async def _call(fn: Callable[..., T], *args: Any) -> T:
+    """A blocking store call off the event loop, so requests never wait on the database."""
+    return await asyncio.to_thread(fn, *args)
 
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                tensor = f.get_tensor(key)
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    raise ValueError(f"{path.name}: tensor '{key}' holds NaN or infinite values")
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _status_view(s: ReplicaStatus) -> dict[str, Any]:
+    return asdict(s)

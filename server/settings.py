@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -68,12 +69,23 @@ class Settings(BaseSettings):
         default=None, description="JSON object of extra principle presets: name -> text."
     )
     workers: int = Field(default=0, description="Training workers started next to the server.")
+    replica_id: str | None = Field(
+        default=None,
+        description="This server's name in the deployment status reports; unset = host:port.",
+    )
+    reconcile_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the deployment revision in the store is polled."
+    )
     log_level: str = "info"
 
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @property
+    def effective_replica_id(self) -> str:
+        return self.replica_id or f"{socket.gethostname()}:{self.port}"
 
     @property
     def is_loopback(self) -> bool:

@@ -1,10 +1,13 @@
-"""/admin/v1/deployments: put trained checkpoints live, roll back, remove (admin key only)."""
+"""/admin/v1/deployments: put trained checkpoints live, roll back, remove (admin key only).
+
+Changes made through any replica reach every replica on the same store (server/reconciler.py).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,12 +51,22 @@ async def create(body: DeploymentRequest, service: Deployments, _: AdminScope) -
 
 @router.get("")
 async def list_all(service: Deployments, _: AdminScope) -> dict[str, Any]:
-    return {"object": "list", "data": service.records_view()}
+    """Every version of every deployment (from the shared store, oldest first), each with the
+    replicas that report it, and every replica's report under ``replicas``."""
+    return {"object": "list", **await service.overview()}
 
 
 @router.post("/{name}/rollback")
-async def rollback(name: str, service: Deployments, _: AdminScope) -> dict[str, Any]:
-    return await service.rollback(name)
+async def rollback(
+    name: str,
+    service: Deployments,
+    _: AdminScope,
+    version: Annotated[
+        int | None,
+        Query(ge=1, description="Version to make live; default: the newest one before the live."),
+    ] = None,
+) -> dict[str, Any]:
+    return await service.rollback(name, version)
 
 
 @router.delete("/{name}")

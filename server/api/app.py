@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from contracts.deployments import DeploymentStore
 from server.alignment import build_presets
 from server.api.admin_deployments import router as deployments_router
 from server.api.admin_jobs import router as admin_jobs_router
@@ -33,26 +34,42 @@ def create_app(
     start_engine: bool = True,
     home: Path | None = None,
     training: TrainingService | None = None,
+    store: DeploymentStore | None = None,
+    replica_id: str = "local",
+    reconcile_interval_s: float = 1.0,
 ) -> FastAPI:
-    """Build the service around ``engine``. The engine starts with the app and stops with it."""
+    """Build the service around ``engine``. The engine starts with the app and stops with it.
+
+    Deployments need ``home`` (checkpoints), an engine that can deploy, and ``store``, the
+    shared desired state every replica reconciles to under its ``replica_id``.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if start_engine:
             await engine.start()
-        watcher = None
+        tasks: list[asyncio.Task[None]] = []
         deployments = app.state.deployments
-        if deployments is not None:
-            await deployments.restore()
+        if deployments is not None and store is not None:
+            from server.reconciler import Reconciler
+
+            reconciler = Reconciler(deployments, store, reconcile_interval_s)
+            try:  # before taking requests: a restarted replica serves what is live right away
+                await reconciler.poll()
+            except Exception:
+                logger.exception("deployments not reconciled at start; retrying in the background")
+            tasks.append(asyncio.create_task(reconciler.run()))
+            app.state.reconciler = reconciler
         if training is not None and deployments is not None:
             from server.auto_deploy import AutoDeployer
 
-            watcher = asyncio.create_task(AutoDeployer(training, deployments).run())
+            tasks.append(asyncio.create_task(AutoDeployer(training, deployments).run()))
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await engine.shutdown()
 
     app = FastAPI(title="alignserve", version="0.1.0", lifespan=lifespan)
@@ -69,10 +86,13 @@ def create_app(
         rewards = RewardModels(home, engine.model_path)
     app.state.generation = GenerationService(engine, presets, metrics, rewards)
     app.state.deployments = None
-    if home is not None and engine.deployer is not None:
+    app.state.reconciler = None
+    if home is not None and engine.deployer is not None and store is not None:
         from server.deploy_service import DeploymentService
 
-        app.state.deployments = DeploymentService(engine, engine.deployer, home, metrics)
+        app.state.deployments = DeploymentService(
+            engine, engine.deployer, home, metrics, store, replica_id
+        )
     app.state.training = training  # job store + datasets; None: training routes answer 503
     install_error_handlers(app)
     app.include_router(openai_router)
