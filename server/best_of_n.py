@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from align_core.afd import best_of_n
-from server.errors import InvalidRequestError, NotFoundError
 from contracts.checkpoints import verify_checkpoint
+from server.errors import InvalidRequestError, NotFoundError
 from trainers.reward import RewardModel, reward_model_folder
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from contracts.datasets import (
     DEFAULT_MAX_BYTES,
     METHOD_FORMATS,
@@ -24,6 +23,7 @@ from contracts.datasets import (
 )
 from contracts.specs import parse_spec, total_steps
 from contracts.store import TERMINAL, CheckpointRecord, DatasetRecord, Event, Job, JobStore
+from server.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 
 logger = logging.getLogger(__name__)
 

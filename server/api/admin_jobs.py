@@ -11,10 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from contracts.store import TERMINAL, Job
 from server.api.deps import AdminScope
 from server.errors import InvalidRequestError, PayloadTooLargeError, ServiceUnavailableError
 from server.training import TrainingService, checkpoint_view, dataset_view
-from contracts.store import TERMINAL, Job
 
 router = APIRouter()
 EVENT_POLL_S = 0.5
