@@ -18,6 +18,7 @@ import json
 import logging
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,9 @@ def main() -> None:
         make_full(base, home, f"bench-f{i}", seed=200 + i)
     (home / "deployments.json").unlink(missing_ok=True)
     server = ServerProcess(
-        home, env={"ALIGNSERVE_API_KEYS": USER_KEY, "ALIGNSERVE_ADMIN_KEYS": ADMIN_KEY}
+        home, env={"ALIGNSERVE_API_KEYS": USER_KEY, "ALIGNSERVE_ADMIN_KEYS": ADMIN_KEY,
+                   # A store of its own: deployments must not reach other servers on this home.
+                   "ALIGNSERVE_STORE_URL": f"sqlite:///{tempfile.mkdtemp()}/jobs.db"}
     ).start()
     try:
         result = asyncio.run(run(server.base_url, args.swaps, args.baseline_s))

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -311,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model_dir or default_model_dir()
     if not (model_dir / "config.json").is_file():
         parser.error(f"no model at {model_dir}: set ALIGNSERVE_HOME or --model-dir")
-    env = {**ENGINE_ENV, "ALIGNSERVE_HOME": str(model_dir.parent.parent)}
+    env = {**ENGINE_ENV, "ALIGNSERVE_HOME": str(model_dir.parent.parent),
+           # A store of its own: nothing deployed on the shared home is restored here.
+           "ALIGNSERVE_STORE_URL": f"sqlite:///{tempfile.mkdtemp()}/jobs.db"}
     alignment = {"principle": principle, "alpha": args.alpha,
                  "nucleus_top_p": args.nucleus_top_p,
                  "nucleus_temperature": args.nucleus_temperature}

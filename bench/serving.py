@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (model_dir / "config.json").is_file():
         parser.error(f"no model at {model_dir}: set ALIGNSERVE_HOME or --model-dir")
     python = sys.executable
-    env = {**ENGINE_ENV, "ALIGNSERVE_HOME": str(model_dir.parent.parent)}
+    env = {**ENGINE_ENV, "ALIGNSERVE_HOME": str(model_dir.parent.parent),
+           # A store of its own: nothing deployed on the shared home is restored here.
+           "ALIGNSERVE_STORE_URL": f"sqlite:///{tempfile.mkdtemp()}/jobs.db"}
     servers = {
         "ours": ours_cmd(python),
         "stock": stock_cmd(python, model_dir, args.served_name),

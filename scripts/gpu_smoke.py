@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ALIGNSERVE_ADMIN_KEYS": ADMIN,
         "ALIGNSERVE_TENSOR_PARALLEL_SIZE": str(args.tp),
         "ALIGNSERVE_MAX_MODEL_LEN": str(args.max_model_len),
+        # A store of its own: what the smoke test deploys must not reach other servers.
+        "ALIGNSERVE_STORE_URL": f"sqlite:///{tempfile.mkdtemp(prefix='smoke-store-')}/jobs.db",
     }
     if args.model:
         env["ALIGNSERVE_MODEL"] = args.model

@@ -16,13 +16,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.real)
 
 
+def own_store(tmp: Path) -> str:
+    """A job store of the test's own: every server on one store is a replica of the others
+    (deployments propagate and persist), and the model home is shared by the real tests."""
+    return f"sqlite:///{tmp / 'jobs.db'}"
+
+
 @pytest.fixture(scope="session")
-def server(alignserve_home: Path, default_model: Path) -> Iterator[ServerProcess]:
-    """The real server: uvicorn, in-process vLLM, the embedded model, API keys on."""
+def server(
+    alignserve_home: Path, default_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The real server: uvicorn, the vLLM engine core, the embedded model, API keys on."""
     proc = ServerProcess(
         alignserve_home,
         env={"ALIGNSERVE_API_KEYS": USER_KEY, "ALIGNSERVE_ADMIN_KEYS": ADMIN_KEY,
-             "ALIGNSERVE_KV_CACHE_GIB": "2"},
+             "ALIGNSERVE_KV_CACHE_GIB": "2",
+             "ALIGNSERVE_STORE_URL": own_store(tmp_path_factory.mktemp("store"))},
     ).start()
     yield proc
     proc.stop()

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from server.engine.renderer import HFChatRenderer
-from tests.real.conftest import ADMIN_KEY, USER_KEY
+from tests.real.conftest import ADMIN_KEY, USER_KEY, own_store
 from tests.real.server_process import ServerProcess
 from tests.real.swap_checkpoints import expected_greedy, make_adapter, make_full
 
@@ -29,7 +29,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 @pytest.fixture(scope="module")
 def swap_env(
-    alignserve_home: Path, default_model: Path
+    alignserve_home: Path, default_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
     from transformers import AutoTokenizer
 
@@ -46,13 +46,13 @@ def swap_env(
             expected[key] = expected_greedy(weights, adapter, prompt, MAX_TOKENS)
     primary = [expected[k] for k in (BASE, *ADAPTERS, *FULLS)]
     assert len(set(primary)) == len(primary), "test versions must answer differently"
-    (alignserve_home / "deployments.json").unlink(missing_ok=True)
     server = ServerProcess(
         alignserve_home,
         env={
             "ALIGNSERVE_API_KEYS": USER_KEY,
             "ALIGNSERVE_ADMIN_KEYS": ADMIN_KEY,
             "ALIGNSERVE_KV_CACHE_GIB": "1",
+            "ALIGNSERVE_STORE_URL": own_store(tmp_path_factory.mktemp("swap-store")),
         },
     ).start()
     yield server, expected
