@@ -177,6 +177,8 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_load_options(parser, rounds_help="Rounds per server.")
+    parser.add_argument("--no-chunked-prefill", action="store_true",
+                        help="Both servers without chunked prefill (whole prompts per step).")
     args = parser.parse_args(argv)
     setup_logging()
     exit_on_sigterm()
@@ -192,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         "ours": ours_cmd(python),
         "stock": stock_cmd(python, model_dir, args.served_name),
     }
+    if args.no_chunked_prefill:
+        env["ALIGNSERVE_ENABLE_CHUNKED_PREFILL"] = "false"
+        env["ALIGNSERVE_MAX_NUM_BATCHED_TOKENS"] = "4096"
+        servers["stock"] += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
     info = machine_info()
     info["load_avg_start"] = load_average()[0]
     logger.info("machine: %s", info)
