@@ -72,16 +72,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     store = open_store(settings.store_url or settings.home / "jobs.db")
     training = TrainingService(store, settings.home, base_model=str(resolved.path))
+    pool = WorkerPool(settings.workers, settings.home, str(resolved.path))
     app = create_app(
         engine, keyring, presets_file=settings.presets_file, home=settings.home, training=training,
         store=store, replica_id=settings.effective_replica_id,
-        reconcile_interval_s=settings.reconcile_interval_s,
+        reconcile_interval_s=settings.reconcile_interval_s, workers=pool,
     )
-    pool = WorkerPool(settings.workers, settings.home, str(resolved.path))
-    pool.start()
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
-    finally:
+    finally:  # an exit that skipped the app's shutdown (a failed start)
         pool.stop()
     return 0
 

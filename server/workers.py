@@ -23,6 +23,17 @@ RESTART_BACKOFF_S = (1.0, 5.0, 30.0)
 WORKER_INDEX_ENV = "ALIGNSERVE_WORKER_INDEX"  # trainers.devices.INDEX_ENV (no torch import here)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the server dies, even by SIGKILL (Linux), so an
+    orphaned worker saves a resume point and leaves instead of holding its job's lease."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class WorkerPool:
     def __init__(self, count: int, home: Path, model: str | None = None) -> None:
         self.count, self.home, self.model = count, home, model
@@ -35,7 +46,9 @@ class WorkerPool:
         cmd = [sys.executable, "-m", "server.cli", "worker", "--home", str(self.home)]
         if self.model:
             cmd += ["--model", self.model]
-        return subprocess.Popen(cmd, env={**os.environ, WORKER_INDEX_ENV: str(index)})
+        return subprocess.Popen(
+            cmd, env={**os.environ, WORKER_INDEX_ENV: str(index)}, preexec_fn=_die_with_parent
+        )
 
     def start(self) -> None:
         self.processes = [self._spawn(i) for i in range(self.count)]
@@ -64,6 +77,7 @@ class WorkerPool:
                 logger.info("training worker restarted: pid %d", self.processes[i].pid)
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        """Terminate every worker (idempotent: the app's shutdown and the CLI both call it)."""
         self._stopping.set()
         if self._monitor is not None:
             self._monitor.join(timeout=5)

@@ -23,6 +23,7 @@ from server.auth import KeyRing
 from server.engine.base import Engine
 from server.metrics import Metrics
 from server.training import TrainingService
+from server.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,11 @@ def create_app(
     store: DeploymentStore | None = None,
     replica_id: str = "local",
     reconcile_interval_s: float = 1.0,
+    workers: WorkerPool | None = None,
 ) -> FastAPI:
-    """Build the service around ``engine``. The engine starts with the app and stops with it.
+    """Build the service around ``engine``. The engine starts with the app and stops with it;
+    so do the training ``workers`` (uvicorn re-raises SIGTERM after the app's shutdown, so code
+    after ``uvicorn.run`` never runs on a SIGTERM: stopping them belongs here).
 
     Deployments need ``home`` (checkpoints), an engine that can deploy, and ``store``, the
     shared desired state every replica reconciles to under its ``replica_id``.
@@ -48,6 +52,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if start_engine:
             await engine.start()
+        if workers is not None:
+            workers.start()
         tasks: list[asyncio.Task[None]] = []
         deployments = app.state.deployments
         if deployments is not None and store is not None:
@@ -70,6 +76,8 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if workers is not None:  # SIGTERM lets each save a resume point
+                await asyncio.to_thread(workers.stop)
             await engine.shutdown()
 
     app = FastAPI(title="alignserve", version="0.1.0", lifespan=lifespan)
