@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from server.engine import cpu_lora_ops
+from server.engine.lifeline import die_with_parent
 
 logger = logging.getLogger(__name__)
+die_with_parent()  # imported in the engine core (one device) or in each worker process
 
 # vLLM imports this module inside the worker process (whatever the process layout), so this is
 # the one place that reaches the worker's LoRA ops before its first step.

@@ -38,6 +38,7 @@ from vllm.v1.request import Request, RequestStatus
 
 from server.engine.guidance import groups
 from server.engine.guidance.combine import drop_logprobs, take_logprobs
+from server.engine.lifeline import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ _WAITING = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
 class GroupScheduler(Scheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        die_with_parent()  # built in the engine-core process
         self._held: dict[str, list[Request]] = {}  # group -> members arrived so far
         self._members: dict[str, list[str]] = {}  # group -> request ids, visible first
         self._group_of: dict[str, str] = {}  # request id -> group
