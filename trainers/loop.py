@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -35,6 +36,10 @@ from trainers.parallel import Parallel
 from trainers.resume import load_resume_state, rng_state, save_resume_state, set_rng_state
 
 logger = logging.getLogger(__name__)
+
+
+class Diverged(RuntimeError):
+    """The loss or the gradient stopped being finite: the job fails, nothing is saved."""
 
 
 class Stop(Exception):
@@ -233,6 +238,12 @@ def _run_stage(
         optimizer.zero_grad(set_to_none=True)
         loss, extra = _accumulate(ctx, stage, step_module, batch)
         grad_norm = par.grad_norm(params, hp.max_grad_norm)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            # Before the update: a diverged run must never write (or deploy) non-finite weights.
+            raise Diverged(
+                f"stage {stage.name} step {step}: loss {loss}, gradient norm {grad_norm}; lower "
+                "the learning rate or check the data"
+            )
         optimizer.step()
         scheduler.step()
         metrics = {

@@ -162,3 +162,28 @@ def test_afd_trains_sft_then_a_reward_model(
     )
     assert mixed.shape == (3,)
     torch.testing.assert_close(mixed[[0, 2]], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_a_diverged_run_fails_and_leaves_no_checkpoint(
+    make_job: Callable[..., Job], store: SqliteJobStore, home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fault injection: from its third step on, the DPO loss turns NaN (as a diverged run's does).
+    from trainers.recipes import stages
+
+    real_loss = stages.PairStage.loss
+    calls = {"n": 0}
+
+    def diverging(self: Any, *args: Any, **kwargs: Any) -> Any:
+        loss, extra = real_loss(self, *args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan"), extra) if calls["n"] >= 3 else (loss, extra)
+
+    monkeypatch.setattr(stages.PairStage, "loss", diverging)
+    job = make_job("dpo", pairs(), hyperparameters={"max_steps": 6, **LR})
+    Worker(store, WorkerConfig(home, worker_id="test")).run_forever(max_jobs=1)
+    done = store.get_job(job.id)
+    assert done is not None and done.status == "failed", done
+    assert done.error is not None and "step 3" in done.error and "learning rate" in done.error
+    assert done.checkpoint_id is None
+    assert [m["step"] for m in store.metrics(job.id)] == [1, 2]
