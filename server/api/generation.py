@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from server.engine.base import Engine
 from server.engine.types import AlignmentParams, GenerationDelta, GenerationRequest, SamplingOptions
 from server.errors import InvalidRequestError, ServiceError, ServiceUnavailableError
 from server.metrics import Metrics
+from server.streams import merged
 
 logger = logging.getLogger(__name__)
 
@@ -213,34 +215,17 @@ class GenerationService:
                 for delta in batch:
                     yield delta.index, delta
             return
-        queue: asyncio.Queue[tuple[int, GenerationDelta] | BaseException | None] = asyncio.Queue()
+        async def numbered(
+            offset: int, request: GenerationRequest
+        ) -> AsyncIterator[tuple[int, GenerationDelta]]:
+            async for batch in self.engine.generate(request):
+                for delta in batch:
+                    yield offset + delta.index, delta
 
-        async def pump(offset: int, request: GenerationRequest) -> None:
-            try:
-                async for batch in self.engine.generate(request):
-                    for delta in batch:
-                        queue.put_nowait((offset + delta.index, delta))
-            except BaseException as exc:
-                queue.put_nowait(exc)
-            finally:
-                queue.put_nowait(None)
-
-        tasks = [
-            asyncio.create_task(pump(i * prepared.n, r)) for i, r in enumerate(prepared.requests)
-        ]
-        try:
-            remaining = len(tasks)
-            while remaining:
-                item = await queue.get()
-                if item is None:
-                    remaining -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
-        finally:
-            for task in tasks:
-                task.cancel()
+        sources = [numbered(i * prepared.n, r) for i, r in enumerate(prepared.requests)]
+        async with aclosing(merged(sources)) as stream:
+            async for item in stream:
+                yield item
 
     async def complete(self, prepared: Prepared) -> tuple[dict[str, Any], str]:
         """The whole response, and the version (``name@k``) that produced it."""

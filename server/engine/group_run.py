@@ -9,11 +9,11 @@ is started again here after its last good token.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from server.engine.deployments import ModelVersion
@@ -21,6 +21,7 @@ from server.engine.guidance.groups import REGROUP, Member
 from server.engine.types import GenerationDelta, GenerationRequest
 from server.engine.vllm_convert import lora_request, plain_deltas, sampling_params
 from server.errors import EngineError
+from server.streams import merged
 
 if TYPE_CHECKING:
     from server.engine.vllm_engine import VLLMEngine
@@ -40,34 +41,19 @@ async def run_groups(
     if alignment.contrast_against is not None:
         against = engine.table.lookup(alignment.contrast_against)
         against.inflight += 1
-    queue: asyncio.Queue[list[GenerationDelta] | BaseException | None] = asyncio.Queue()
     base_seed = request.sampling.seed
 
-    async def pump(index: int) -> None:
+    async def choice(index: int) -> AsyncIterator[list[GenerationDelta]]:
         # Both members must draw the same sample, so a group is always seeded.
         seed = base_seed + index if base_seed is not None else random.getrandbits(62)
-        try:
-            async for delta in _run_choice(engine, request, index, seed, version, against, label):
-                queue.put_nowait([delta])
-        except BaseException as exc:
-            queue.put_nowait(exc)
-        finally:
-            queue.put_nowait(None)
+        async for delta in _run_choice(engine, request, index, seed, version, against, label):
+            yield [delta]
 
-    tasks = [asyncio.create_task(pump(i)) for i in range(request.sampling.n)]
     try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
+        async with aclosing(merged([choice(i) for i in range(request.sampling.n)])) as stream:
+            async for deltas in stream:
+                yield deltas
     finally:
-        for task in tasks:
-            task.cancel()
         if against is not None:
             against.inflight -= 1
 
