@@ -28,7 +28,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _swap_in(staging: Path, target: Path) -> None:
+def swap_into_place(staging: Path, target: Path) -> None:
+    """Rename the finished folder in; an old folder is moved aside first, then deleted."""
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -43,7 +44,7 @@ def write_atomically(target: Path, fill: Callable[[Path], None]) -> Path:
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         fill(staging)
-        _swap_in(staging, target)
+        swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

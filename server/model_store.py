@@ -13,7 +13,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from contracts.checkpoints import swap_into_place
 from server.assets import (
     PackageFile,
     ProgressFn,
@@ -109,7 +109,7 @@ def ensure_default_model(home: Path, progress: ProgressFn | None = None) -> Path
             convert_gguf(gguf, staging)
             seconds = time.monotonic() - start
             _write_manifest(staging, sha256_file(gguf), seconds)
-            _swap_into_place(staging, target)
+            swap_into_place(staging, target)
         say(f"converted in {seconds:.1f} s: {target} ({_folder_mb(target):.0f} MB)")
     return target
 
@@ -209,16 +209,6 @@ def _is_current(folder: Path) -> bool:
     if not current:
         logger.warning("%s is stale or incomplete; converting again", folder)
     return current
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Rename the finished folder in; an old folder is moved aside first, then deleted."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

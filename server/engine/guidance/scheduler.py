@@ -126,14 +126,15 @@ class GroupScheduler(Scheduler):
         step); preempts a running member whose partner was preempted.
         """
         now = time.monotonic()
-        self._make_room(now)
+        needs = {r.request_id: self._blocks_needed(r) for r in self.running}
+        self._make_room(now, needs)
         hide_running: list[Request] = []
         hide_waiting: list[Request] = []
         limit = getattr(self, "max_num_active_reqs", self.max_num_running_reqs)
         free_slots = limit - len(self.running)
         # Running requests are scheduled first: what they take this step is not free for us.
         free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks() - sum(
-            self._blocks_needed(r) for r in self.running
+            needs[r.request_id] for r in self.running
         )
         budget = int(self.max_num_scheduled_tokens)  # no chunk is ever larger
         for group in list(self._members):
@@ -191,7 +192,7 @@ class GroupScheduler(Scheduler):
             hide_waiting = present
         return hide_running, hide_waiting
 
-    def _make_room(self, now: float) -> None:
+    def _make_room(self, now: float, needs: dict[str, int]) -> None:
         """Preempt from the back, whole groups at a time, until this step's blocks fit.
 
         vLLM preempts inside the step, one request at a time; a victim whose partner was
@@ -200,7 +201,6 @@ class GroupScheduler(Scheduler):
         steps crossing a block boundary); what remains is caught after the step.
         """
         free = self.kv_cache_manager.block_pool.get_num_free_blocks()
-        needs = {r.request_id: self._blocks_needed(r) for r in self.running}
         short = sum(needs.values()) - free
         while short > 0 and self.running:
             victim = self.running[-1]
