@@ -1,7 +1,7 @@
 """align_core: the alignment math of alignserve, as small pure tensor functions.
 
 Only ``torch`` and the standard library are imported here (a test enforces it). The normative
-specification is ``shared/docs/ALGORITHMS.md``. Losses return per-example ``(B,)`` tensors; the
+specification is ``docs/algorithms.md``. Losses return per-example ``(B,)`` tensors; the
 caller reduces them (``weighted_mean``, ``PointwiseLoss.reduce``). Registries hold the valid
 names and capability flags for trainers and config validation.
 """

@@ -1,6 +1,6 @@
 """AfD: alignment from demonstrations with an Init-SFT discriminator reward model.
 
-Sun & van der Schaar, "Inverse-RLignment" (arXiv 2405.15624); ALGORITHMS.md §4. A discriminator
+Sun & van der Schaar, "Inverse-RLignment" (arXiv 2405.15624); docs/algorithms.md §4. A discriminator
 ``D_φ = σ(f_φ(x, y))`` separates samples of π_SFT (positives, label 1) from samples of π_init
 (negatives, label 0); the reward is its logit, ``r = log D − log(1 − D) = f_φ(x, y)`` (§4.1), and
 it is used for Best-of-N over samples of π_SFT (§4.2). The Bayes-optimal logit of that
@@ -18,7 +18,7 @@ def discriminator_losses(logits: Tensor, is_sft: Tensor) -> Tensor:
     """Per-example binary cross-entropy of the Init-SFT discriminator.
 
     Paper §"Algorithms for AfD" (discriminator objective ``max_φ E_SFT[log D] + E_init[log(1−D)]``),
-    ALGORITHMS.md §4.3 step 3. ``logits``: ``(B,)`` ``f_φ(x, y)``; ``is_sft``: ``(B,)`` bool,
+    docs/algorithms.md §4.3 step 3. ``logits``: ``(B,)`` ``f_φ(x, y)``; ``is_sft``: ``(B,)`` bool,
     true for samples of π_SFT. Returns ``(B,)`` ``BCEWithLogits(logit, label)``.
     """
     return F.binary_cross_entropy_with_logits(

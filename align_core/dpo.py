@@ -1,4 +1,4 @@
-"""DPO-family pair losses: DPO, cDPO, IPO and robust DPO (ALGORITHMS.md §0.1).
+"""DPO-family pair losses: DPO, cDPO, IPO and robust DPO (docs/algorithms.md §0.1).
 
 Every loss takes the four summed completion log-probabilities of a preference pair and returns
 **per-example** losses of shape ``(B,)``; the caller reduces (``.mean()`` or
@@ -60,8 +60,8 @@ def soft_label_dpo_loss(
 ) -> Tensor:
     """DPO with a soft target ``p`` that y_w is preferred: ``−[p·logσ(βh) + (1−p)·logσ(−βh)]``.
 
-    ALGORITHMS.md §0.1 (cDPO, Mitchell 2023, is ``p = 1−ε``) and §5.3 (rDPO). ``p = 1`` is plain
-    DPO; ``p < ½`` reverses the pair. ``target_prob``: float or ``(B,)``; returns ``(B,)``.
+    docs/algorithms.md §0.1 (cDPO, Mitchell 2023, is ``p = 1−ε``) and §5.3 (rDPO). ``p = 1`` is
+    plain DPO; ``p < ½`` reverses the pair. ``target_prob``: float or ``(B,)``; returns ``(B,)``.
     """
     check_beta(beta)
     logits = beta * preference_margin(
@@ -105,7 +105,7 @@ def ipo_loss(
     beta: float,
 ) -> Tensor:
     """IPO loss ``(h − 1/(2β))²`` (Azar et al. 2023, arXiv 2310.12036, sampled IPO loss;
-    ALGORITHMS.md §0.1; TRL ``"ipo"``).
+    docs/algorithms.md §0.1; TRL ``"ipo"``).
 
     β plays the role of the paper's τ. All inputs ``(B,)``; returns ``(B,)``. TRL feeds IPO
     per-token **mean** log-probs (``sequence_logps(..., average=True)``), not sums.

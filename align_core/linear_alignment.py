@@ -1,4 +1,4 @@
-"""Linear Alignment decoding (Gao et al., ICML 2024, arXiv 2401.11458; ALGORITHMS.md §1.2).
+"""Linear Alignment decoding (Gao et al., ICML 2024, arXiv 2401.11458; docs/algorithms.md §1.2).
 
 At every step the same model scores the next token in two contexts that differ only in the
 principle text: ``z_p`` (with the principle) and ``z_0`` (without). Self-contrastive decoding

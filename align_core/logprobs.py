@@ -1,4 +1,4 @@
-"""Sequence log-probabilities of completions under a causal LM (ALGORITHMS.md §0, §2.2).
+"""Sequence log-probabilities of completions under a causal LM (docs/algorithms.md §0, §2.2).
 
 Convention (DPO, Rafailov et al. 2023, arXiv 2305.18290; authors' ``_get_batch_logps`` and TRL's
 ``DPOTrainer.concatenated_forward``): the logits at position ``t-1`` predict token ``t``, so
@@ -21,7 +21,7 @@ IGNORE_INDEX = -100
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp16/bf16 -> fp32 (ALGORITHMS.md §0: log-softmax in fp32); fp32/fp64 kept as they are."""
+    """fp16/bf16 -> fp32 (docs/algorithms.md §0: log-softmax in fp32); fp32/fp64 kept as is."""
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -58,7 +58,7 @@ def sequence_logps(
 ) -> Tensor:
     """Completion log-probability of each sequence: summed (DPO) or per-token mean (ULMA).
 
-    Implements ALGORITHMS.md §0 "Sequence log-prob" (DPO, Rafailov et al. 2023) and, with
+    Implements docs/algorithms.md §0 "Sequence log-prob" (DPO, Rafailov et al. 2023) and, with
     ``average=True``, ULMA's ``_get_batch_logps(..., average_log_prob=True)`` (§2.2, §2.6).
 
     Args:
@@ -98,7 +98,7 @@ def packed_sequence_logps(
 ) -> Tensor:
     """``sequence_logps`` from logits computed only where they score a completion token.
 
-    Same value as :func:`sequence_logps` (ALGORITHMS.md §0) when row ``n`` holds the logits at
+    Same value as :func:`sequence_logps` (docs/algorithms.md §0) when row ``n`` holds the logits at
     the position ``t-1`` of completion token ``t``: a trainer that runs the LM head on those
     positions only (not on the prompt or the padding) gets the same log-probs for less work.
 

@@ -1,4 +1,4 @@
-"""Point-wise DPO and ULMA (Cai et al., "ULMA", arXiv 2312.02554; ALGORITHMS.md §2).
+"""Point-wise DPO and ULMA (Cai et al., "ULMA", arXiv 2312.02554; docs/algorithms.md §2).
 
 Data are single responses with a label ``z``: binary (``z == 1`` positive/demonstration, anything
 else negative) or continuous. The inputs are **per-token mean** completion log-probs (ULMA's
@@ -39,7 +39,7 @@ def pointwise_dpo_losses(
 ) -> Tensor:
     """Point-wise DPO for binary labels: logistic regression of ``z`` on ``r = βh + c``.
 
-    ULMA §3 / ALGORITHMS.md §2.2 (code ``sft_loss_type="pointwise_dpo"``): positives give
+    ULMA §3 / docs/algorithms.md §2.2 (code ``sft_loss_type="pointwise_dpo"``): positives give
     ``−logσ(r)``, negatives ``−logσ(−r)``. Inputs ``(B,)``; returns ``(B,)``.
     """
     r = _reward(policy_logps, ref_logps, beta, log_z)
@@ -51,7 +51,7 @@ def pointwise_dpo_continuous_losses(
 ) -> Tensor:
     """Point-wise DPO for continuous labels: ``(z − βh − c)²`` on **every** row.
 
-    ALGORITHMS.md §2.2 "pure continuous" form (the code sends ``z == 1`` rows to the
+    docs/algorithms.md §2.2 "pure continuous" form (the code sends ``z == 1`` rows to the
     demonstration term instead; that variant is ``ulma_continuous_losses``). ``(B,)`` -> ``(B,)``.
     """
     r = _reward(policy_logps, ref_logps, beta, log_z)
@@ -63,7 +63,7 @@ def ulma_losses(
 ) -> Tensor:
     """Unified ULMA loss: SFT on positives, KL-regularised push-down on negatives.
 
-    ULMA Eq. (unified loss) / ALGORITHMS.md §2.2 (code ``sft_loss_type="logloss"``): positives
+    ULMA Eq. (unified loss) / docs/algorithms.md §2.2 (code ``sft_loss_type="logloss"``): positives
     give ``−ℓ_θ(y|x)``, negatives ``−logσ(−βh − c)``. Inputs ``(B,)``; returns ``(B,)``.
     """
     r = _reward(policy_logps, ref_logps, beta, log_z)
@@ -85,7 +85,7 @@ def ulma_continuous_losses(
     policy_logps: Tensor, ref_logps: Tensor, labels: Tensor, *, beta: float, log_z: float = 0.0
 ) -> Tensor:
     """ULMA's code with ``preference_loss_type="continuous"``: ``−ℓ_θ`` on ``z == 1`` rows,
-    ``(z − βh − c)²`` on the others (ALGORITHMS.md §2.2 caveat). ``(B,)`` -> ``(B,)``."""
+    ``(z − βh − c)²`` on the others (docs/algorithms.md §2.2 caveat). ``(B,)`` -> ``(B,)``."""
     r = _reward(policy_logps, ref_logps, beta, log_z)
     return torch.where(positive_mask(labels), -policy_logps, (labels.to(r.dtype) - r) ** 2)
 
@@ -100,7 +100,7 @@ def unlikelihood_losses(
 ) -> Tensor:
     """Unlikelihood baseline of the ULMA repo: ``−ℓ_θ`` on positives, ``+ℓ_θ`` on negatives.
 
-    ALGORITHMS.md §2.2 (``tuner/unlikelihood/trainer.py``). No reference model; ``beta`` and
+    docs/algorithms.md §2.2 (``tuner/unlikelihood/trainer.py``). No reference model; ``beta`` and
     ``log_z`` are accepted for a uniform signature and ignored. ``(B,)`` -> ``(B,)``.
     """
     return torch.where(positive_mask(labels), -policy_logps, policy_logps)

@@ -27,7 +27,8 @@ def _score_gap(chosen_scores: Tensor, rejected_scores: Tensor) -> Tensor:
 def rdpo_target_prob(chosen_scores: Tensor, rejected_scores: Tensor, tau: float = 1.0) -> Tensor:
     """Bradley–Terry probability of the external RM scores, ``p = σ((s_w − s_l)/τ)``.
 
-    ALGORITHMS.md §5.3 [INFERRED] (Gallego 2024, arXiv 2402.08005). ``(B,)`` -> ``(B,)``, detached.
+    docs/algorithms.md §5.3 [INFERRED] (Gallego 2024, arXiv 2402.08005). ``(B,)`` -> ``(B,)``,
+    detached.
     """
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
@@ -47,7 +48,7 @@ def rdpo_loss(
 ) -> Tensor:
     """Refined DPO (Gallego 2024, arXiv 2402.08005), reconstructed soft-label form [INFERRED].
 
-    ALGORITHMS.md §5.3: ``−[p·logσ(βh) + (1−p)·logσ(−βh)]`` with ``p = σ((s_w − s_l)/τ)`` from
+    docs/algorithms.md §5.3: ``−[p·logσ(βh) + (1−p)·logσ(−βh)]`` with ``p = σ((s_w − s_l)/τ)`` from
     external reward-model scores ``s`` (``(B,)`` each). Swapping the pair (and so p -> 1−p)
     leaves the loss unchanged. Returns ``(B,)``.
     """
@@ -65,7 +66,7 @@ def rdpo_loss(
 def rdpo_acceptance_mask(chosen_scores: Tensor, rejected_scores: Tensor) -> Tensor:
     """dSC-style acceptance filter (Gallego 2023, arXiv 2312.01957): keep a pair iff ``s_w > s_l``.
 
-    ALGORITHMS.md §5.3 alternative (a). ``(B,)`` scores -> ``(B,)`` bool.
+    docs/algorithms.md §5.3 alternative (a). ``(B,)`` scores -> ``(B,)`` bool.
     """
     return chosen_scores > rejected_scores
 
@@ -80,7 +81,7 @@ def rdpo_filter_loss(
     chosen_scores: Tensor,
     rejected_scores: Tensor,
 ) -> Tensor:
-    """rDPO alternative (a): DPO on accepted pairs only (ALGORITHMS.md §5.3 (a)) [INFERRED].
+    """rDPO alternative (a): DPO on accepted pairs only (docs/algorithms.md §5.3 (a)) [INFERRED].
 
     Returns ``(B,)`` losses ``w_i·L_DPO,i`` with ``w = mask / mean(mask)``: rejected pairs give 0
     and ``losses.mean()`` equals the DPO mean over the accepted pairs (0 if none is accepted).
@@ -106,7 +107,7 @@ def rdpo_weighted_loss(
 ) -> Tensor:
     """rDPO alternative (b): DPO weighted per pair by ``g(s_w − s_l) = σ((s_w − s_l)/τ)``.
 
-    ALGORITHMS.md §5.3 (b) [INFERRED]; the choice g = σ(·/τ) is ours. Inputs ``(B,)``; returns
+    docs/algorithms.md §5.3 (b) [INFERRED]; the choice g = σ(·/τ) is ours. Inputs ``(B,)``; returns
     ``(B,)``. The weights carry no gradient.
     """
     weights = rdpo_target_prob(chosen_scores, rejected_scores, tau).to(policy_chosen_logps.dtype)
@@ -129,7 +130,7 @@ def rdpo_margin_loss(
 ) -> Tensor:
     """rDPO alternative (c): DPO with a score margin, ``−logσ(βh − γ(s_w − s_l))``.
 
-    ALGORITHMS.md §5.3 (c) [INFERRED]. Inputs ``(B,)``; returns ``(B,)``.
+    docs/algorithms.md §5.3 (c) [INFERRED]. Inputs ``(B,)``; returns ``(B,)``.
     """
     check_beta(beta)
     h = preference_margin(

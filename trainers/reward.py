@@ -2,7 +2,7 @@
 
 Public API for the server's Best-of-N: it encodes (conversation, completion) exactly as the
 discriminator was trained (``trainers.modeling.encode``) and returns the logit ``f_φ(x, y)``,
-which is the reward (ALGORITHMS.md §4.1).
+which is the reward (docs/algorithms.md §4.1).
 
 It runs on ``ALIGNSERVE_REWARD_DEVICE`` (a ``trainers.devices`` setting, default ``auto``: the
 first GPU when CUDA is present, in bf16 where supported, else the CPU in fp32); rewards come back

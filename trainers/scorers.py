@@ -1,4 +1,4 @@
-"""External reward scorers for rDPO (ALGORITHMS.md §5.1 step 2), usable offline.
+"""External reward scorers for rDPO (docs/algorithms.md §5.1 step 2), usable offline.
 
 A scorer maps ``(prompts, responses)`` to one float per response. Gallego's rDPO asks an LLM
 judge; on this machine the built-in scorers are cheap and deterministic:
@@ -7,7 +7,7 @@ judge; on this machine the built-in scorers are cheap and deterministic:
   detector (1.0 when the answer refuses or warns, else 0.0). Our own keyword list.
 * ``length``: prefers concise answers, ``1 / (1 + words/50)``; a stand-in for neutrality/concision.
 
-The packaged offensive-language classifier (ASSETS.md, ``alt-profanity-check``) needs
+The packaged offensive-language classifier (docs/assets.md, ``alt-profanity-check``) needs
 scikit-learn, which is not a dependency; register it here when it is.
 """
 

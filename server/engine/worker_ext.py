@@ -1,6 +1,6 @@
 """Worker-side extension for full-weight swaps (loaded by vLLM via ``worker_extension_cls``).
 
-Runs inside the vLLM worker, next to the model. Two traps seen on CPU (VLLM_CPU facts):
+Runs inside the vLLM worker, next to the model. Two traps seen on CPU (docs/vllm_cpu.md):
 with tied embeddings the output layer keeps stale pre-packed weights after a reload, so it is
 re-dispatched here; the prefix cache is reset by the engine after every swap.
 """

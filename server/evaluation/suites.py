@@ -1,4 +1,4 @@
-"""Evaluation suites: the development prompt sets of ASSETS.md as lists of identified items.
+"""Evaluation suites: the development prompt sets of docs/assets.md as lists of identified items.
 
 Files come from ``pull_datasets`` (the same mechanism as training data), so a fresh machine
 fetches them on first use. Every item has a stable id (``source:index``) that the resumable

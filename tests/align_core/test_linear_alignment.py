@@ -1,4 +1,4 @@
-"""Linear Alignment decoding: ALGORITHMS.md §1.2 worked example, nucleus rule, properties."""
+"""Linear Alignment decoding: docs/algorithms.md §1.2 worked example, nucleus rule, properties."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pair losses: ALGORITHMS.md §0 and §5.3 test vectors, properties and gradients."""
+"""Pair losses: docs/algorithms.md §0 and §5.3 test vectors, properties and gradients."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_rdpo_vector() -> None:
 
 def test_dpo_gradient_formula() -> None:
     """∂L/∂logπ_θ(y_w) = −β·σ(−βh) = −0.1·σ(−0.2) = −0.1·0.450166 = −0.0450166, and the
-    rejected gradient is its negative (ALGORITHMS.md §0.1 ∇L)."""
+    rejected gradient is its negative (docs/algorithms.md §0.1 ∇L)."""
     pc, pr, rc, rr = (x.clone().requires_grad_(True) for x in VECTOR)
     dpo_loss(pc, pr, rc, rr, beta=BETA).sum().backward()
     assert pc.grad is not None and pr.grad is not None

@@ -1,4 +1,4 @@
-"""Point-wise DPO and ULMA: ALGORITHMS.md §2.6 vectors, test plan §6.2 and the code's reduction."""
+"""Point-wise DPO and ULMA: docs/algorithms.md §2.6 vectors, test plan §6.2, its reduction."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def reference_ulma_loss(
     pol: torch.Tensor, ref: torch.Tensor, score: torch.Tensor, beta: float, c: float, mode: str,
     pref: str,
 ) -> torch.Tensor:
-    """ALGORITHMS.md §2.6 pseudo-code, verbatim (``ULMATrainer.ulma_loss``)."""
+    """docs/algorithms.md §2.6 pseudo-code, verbatim (``ULMATrainer.ulma_loss``)."""
     h = pol - ref
     pos, neg = score == 1, score != 1
     if pref == "binary":

@@ -14,7 +14,7 @@ Skipped, with the command to run, when the TRL venv has not been provisioned.
 
 Why TRL 0.28 is no longer compared: TRL 1.16 removed the functions that test called
 (``concatenated_forward``, ``dpo_loss``) and cDPO (``label_smoothing`` on the sigmoid loss); the
-loss formulas themselves, cDPO included, are pinned by the ALGORITHMS.md §0 vectors in
+loss formulas themselves, cDPO included, are pinned by the docs/algorithms.md §0 vectors in
 ``tests/align_core/test_pair_losses.py``, and this end-to-end check against the current TRL
 covers log-probs, gradients and updates on real trainer code. Keeping 0.28 would cost a second
 1.4 GB venv on a transformers 4.57 that the project no longer runs, for no check this one lacks

@@ -1,5 +1,5 @@
 """AfD: alignment from demonstrations with an Init-SFT reward model (Sun & van der Schaar,
-arXiv 2405.15624; ALGORITHMS.md §4).
+arXiv 2405.15624; docs/algorithms.md §4).
 
 1. Samples of the initial policy ``π_init`` are drawn first (before any training, so this works
    for full fine-tuning too) and cached.

@@ -1,4 +1,4 @@
-"""LD-Align: latent-distance guided alignment (Luo, arXiv 2404.06390; ALGORITHMS.md §3).
+"""LD-Align: latent-distance guided alignment (Luo, arXiv 2404.06390; docs/algorithms.md §3).
 
 [INFERRED] SPIN-style reconstruction (§3.2). Each iteration ``t``:
 

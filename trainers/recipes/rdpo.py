@@ -1,7 +1,7 @@
 """rDPO: refined DPO with self-critique data and external scores (Gallego, arXiv 2402.08005).
 
-Data synthesis (ALGORITHMS.md §5.1): the base policy itself is the local teacher. For each prompt
-it answers (``y_o``), critiques its answer with ``critique_prompt`` and revises it with
+Data synthesis (docs/algorithms.md §5.1): the base policy itself is the local teacher. For each
+prompt it answers (``y_o``), critiques its answer with ``critique_prompt`` and revises it with
 ``revision_prompt`` (``y_r``), in one multi-turn chat. A pairs dataset skips synthesis. Both
 answers are scored by an external scorer (``trainers.scorers``), and the pairs
 ``(chosen = y_r, rejected = y_o)`` train with a scored ``PAIR_LOSSES`` entry (default ``rdpo``,

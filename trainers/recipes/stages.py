@@ -147,7 +147,7 @@ class PairStage:
 @dataclass
 class PointwiseStage:
     """Point-wise DPO / ULMA on ``{"messages", "completion", "label"}`` records (per-token mean
-    log-probs, as ULMA's code; ALGORITHMS.md §2.2)."""
+    log-probs, as ULMA's code; docs/algorithms.md §2.2)."""
 
     name: str
     steps: int
