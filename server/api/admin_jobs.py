@@ -1,5 +1,5 @@
-"""Admin training routes (admin key only): datasets, jobs, events (SSE), checkpoints, and the
-OpenAI-style ``/v1/fine_tuning/jobs``. Routes only delegate to ``TrainingService``."""
+"""Admin training routes (admin key only): datasets, jobs, events (SSE), checkpoints. Routes only
+delegate to ``TrainingService``. The OpenAI-shaped ``/v1/fine_tuning`` routes: fine_tuning.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from contracts.store import TERMINAL, Job
+from contracts.store import TERMINAL
 from server.api.deps import AdminScope
 from server.errors import InvalidRequestError, PayloadTooLargeError, ServiceUnavailableError
 from server.training import TrainingService, checkpoint_view, dataset_view
@@ -65,7 +65,7 @@ def list_datasets(_: AdminScope, training: Training) -> dict[str, Any]:
 
 @router.post("/admin/v1/jobs")
 async def create_job(request: Request, _: AdminScope, training: Training) -> dict[str, Any]:
-    body = await _json_body(request)
+    body = await json_body(request)
     job = await asyncio.to_thread(training.create_job, body)
     return training.job_view(job)
 
@@ -125,99 +125,7 @@ def list_checkpoints(_: AdminScope, training: Training) -> dict[str, Any]:
     return {"object": "list", "data": [checkpoint_view(c) for c in training.checkpoints()]}
 
 
-# -- OpenAI-style fine-tuning ---------------------------------------------------------------------
-_OPENAI_STATUS = {
-    "queued": "queued",
-    "running": "running",
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "cancelled": "cancelled",
-}
-
-
-def _openai_to_spec(body: dict[str, Any]) -> dict[str, Any]:
-    method = body.get("method") or {"type": "dpo"}
-    kind = method.get("type") if isinstance(method, dict) else None
-    if not isinstance(kind, str):
-        raise InvalidRequestError("method.type is required", param="method.type")
-    options = dict(method.get(kind) or {})
-    hyper = {k: v for k, v in (options.pop("hyperparameters", None) or {}).items() if v != "auto"}
-    for unsupported in ("n_epochs", "learning_rate_multiplier"):
-        if unsupported in hyper:
-            raise InvalidRequestError(
-                f"{unsupported} is not supported; use max_steps / learning_rate",
-                param=f"method.{kind}.hyperparameters.{unsupported}",
-            )
-    spec = {
-        "method": kind,
-        "dataset": body.get("training_file"),
-        "hyperparameters": hyper,
-        **options,
-    }
-    if body.get("model") and "/" in str(body["model"]):
-        spec["model"] = body["model"]
-    if body.get("suffix"):
-        spec["suffix"] = body["suffix"]
-    if body.get("seed") is not None:
-        spec["hyperparameters"]["seed"] = body["seed"]
-    return spec
-
-
-def _openai_view(job: Job) -> dict[str, Any]:
-    cfg = job.config
-    error = (
-        {"code": "training_failed", "message": job.error, "param": None}
-        if job.status == "failed"
-        else None
-    )
-    return {
-        "object": "fine_tuning.job",
-        "id": job.id,
-        "model": cfg.get("model"),
-        "created_at": int(job.created_at),
-        "finished_at": int(job.finished_at) if job.finished_at else None,
-        "fine_tuned_model": job.checkpoint_id,
-        "organization_id": "alignserve",
-        "result_files": [],
-        "status": _OPENAI_STATUS[job.status],
-        "training_file": cfg.get("dataset"),
-        "validation_file": None,
-        "hyperparameters": cfg.get("hyperparameters"),
-        "trained_tokens": None,
-        "error": error,
-        "seed": cfg.get("hyperparameters", {}).get("seed"),
-        "method": {"type": job.method},
-    }
-
-
-@router.post("/v1/fine_tuning/jobs")
-async def create_fine_tuning_job(
-    request: Request, _: AdminScope, training: Training
-) -> dict[str, Any]:
-    spec = _openai_to_spec(await _json_body(request))
-    return _openai_view(await asyncio.to_thread(training.create_job, spec))
-
-
-@router.get("/v1/fine_tuning/jobs")
-def list_fine_tuning_jobs(_: AdminScope, training: Training, limit: int = 20) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [_openai_view(j) for j in training.jobs(limit)],
-        "has_more": False,
-    }
-
-
-@router.get("/v1/fine_tuning/jobs/{job_id}")
-def get_fine_tuning_job(job_id: str, _: AdminScope, training: Training) -> dict[str, Any]:
-    return _openai_view(training.get_job(job_id))
-
-
-@router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
-def cancel_fine_tuning_job(job_id: str, _: AdminScope, training: Training) -> dict[str, Any]:
-    return _openai_view(training.cancel(job_id))
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError:

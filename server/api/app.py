@@ -16,6 +16,7 @@ from server.alignment import build_presets
 from server.api.admin_deployments import router as deployments_router
 from server.api.admin_jobs import router as admin_jobs_router
 from server.api.errors import error_response, install_error_handlers
+from server.api.fine_tuning import router as fine_tuning_router
 from server.api.generation import GenerationService
 from server.api.openai_routes import router as openai_router
 from server.api.rewards import router as rewards_router
@@ -105,6 +106,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(admin_jobs_router)
+    app.include_router(fine_tuning_router)
     app.include_router(deployments_router)
     app.include_router(rewards_router)
 
