@@ -16,6 +16,7 @@ from align_core.afd import (
     select_best_of_n,
 )
 from align_core.dpo import (
+    chosen_nll_loss,
     dpo_loss,
     implicit_rewards,
     ipo_loss,
@@ -87,6 +88,7 @@ __all__ = [
     "UnknownNameError",
     "Weighting",
     "best_of_n",
+    "chosen_nll_loss",
     "combine_logits",
     "discriminator_accuracy",
     "discriminator_loss",

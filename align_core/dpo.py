@@ -139,3 +139,28 @@ def robust_dpo_loss(
     )
     eps = label_smoothing
     return (-F.logsigmoid(logits) * (1 - eps) + F.logsigmoid(-logits) * eps) / (1 - 2 * eps)
+
+
+def chosen_nll_loss(
+    policy_chosen_logps: Tensor,
+    chosen_lengths: Tensor,
+    *,
+    mean_length: float | Tensor | None = None,
+) -> Tensor:
+    """Negative log-likelihood of the chosen answers, the term RPO adds to DPO (Pang et al.
+    2024, arXiv 2404.19733, Eq. 3; TRL ``rpo_alpha``, in TRL 1.16 ``loss_type=["sigmoid",
+    "sft"]`` with ``loss_weights=[1, rpo_alpha]``). docs/algorithms.md §0.2.
+
+    TRL's term is the NLL per chosen token over the whole batch, ``−Σ_b logπ(y_w,b|x_b) /
+    Σ_b |y_w,b|``. To keep the ``(B,)`` contract, example ``b`` gets ``−logπ(y_w,b|x_b) / L̄``
+    with ``L̄`` the batch's mean chosen length, so the plain mean over the batch is exactly TRL's
+    term. ``mean_length`` overrides ``L̄`` (a micro-batch passes its global batch's value).
+
+    ``policy_chosen_logps``: ``(B,)`` summed completion log-probs; ``chosen_lengths``: ``(B,)``
+    completion token counts. Returns ``(B,)``.
+    """
+    if mean_length is None:
+        mean_length = chosen_lengths.float().mean()
+    if not float(mean_length) > 0:
+        raise ValueError(f"mean chosen length must be > 0, got {float(mean_length)}")
+    return -policy_chosen_logps / mean_length

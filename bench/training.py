@@ -105,7 +105,7 @@ def trl_job(spec: DPOSpec, ordered: list[dict[str, Any]], model: Path,
     """The job ``bench/trl_dpo_baseline.py`` reads (also used by the parity test)."""
     return {"model": str(model), "threads": torch.get_num_threads(),
             "lora": spec.lora.model_dump(), "hyperparameters": spec.hyperparameters.model_dump(),
-            "records": ordered, "trl": speed}
+            "rpo_alpha": spec.rpo_alpha, "records": ordered, "trl": speed}
 
 
 class LockstepControl:
@@ -145,9 +145,10 @@ class LockstepControl:
 
 
 def make_spec(model: Path, steps: int, batch_size: int, learning_rate: float, beta: float,
-              max_length: int, max_prompt_length: int, seed: int) -> DPOSpec:
+              max_length: int, max_prompt_length: int, seed: int,
+              rpo_alpha: float | None = None) -> DPOSpec:
     spec = parse_spec({
-        "method": "dpo", "dataset": "bench", "model": str(model),
+        "method": "dpo", "dataset": "bench", "model": str(model), "rpo_alpha": rpo_alpha,
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
                  "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
         "hyperparameters": {

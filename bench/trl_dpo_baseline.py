@@ -167,13 +167,18 @@ def trl_config(job: dict[str, Any], out_dir: str) -> Any:
     hp: dict[str, Any] = job["hyperparameters"]
     speed: dict[str, Any] = job.get("trl", {})
     cuda = job.get("device", "cpu") == "cuda"
+    # RPO (docs/algorithms.md §0.2): TRL 1.16 spells rpo_alpha as an "sft" term with its weight.
+    rpo_alpha = job.get("rpo_alpha")
+    losses = ["sigmoid", "sft"] if rpo_alpha else ["sigmoid"]
+    weights = [1.0, float(rpo_alpha)] if rpo_alpha else None
     return DPOConfig(
         output_dir=out_dir, max_steps=int(hp["max_steps"]),
         per_device_train_batch_size=int(hp["batch_size"]), gradient_accumulation_steps=1,
         learning_rate=float(hp["learning_rate"]), lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=float(hp["weight_decay"]),
         max_grad_norm=float(hp["max_grad_norm"]), optim="adamw_torch",
-        beta=float(hp["beta"]), loss_type=["sigmoid"], max_length=int(hp["max_length"]),
+        beta=float(hp["beta"]), loss_type=losses, loss_weights=weights,
+        max_length=int(hp["max_length"]),
         truncation_mode="keep_start",
         precompute_ref_log_probs=bool(speed.get("precompute_ref_log_probs", True)),
         precompute_ref_batch_size=speed.get("precompute_ref_batch_size"),

@@ -155,6 +155,11 @@ class DPOSpec(_Base):
     method: Literal["dpo"]
     loss: str = Field(default="dpo", description="A PAIR_LOSSES name without reward scores.")
     loss_options: dict[str, float] = Field(default_factory=dict)
+    rpo_alpha: float | None = Field(
+        default=None, ge=0.0, le=100.0,
+        description="Weight of the chosen-answer NLL added to the pair loss (RPO; TRL's "
+        "rpo_alpha). docs/algorithms.md §0.2.",
+    )
 
     @field_validator("loss")
     @classmethod

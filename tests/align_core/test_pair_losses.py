@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from align_core import (
     PAIR_LOSSES,
+    chosen_nll_loss,
     dpo_loss,
     implicit_rewards,
     ipo_loss,
@@ -251,3 +252,32 @@ def test_entry_checks_options_and_scores() -> None:
     assert PAIR_LOSSES.get("robust_dpo").options == ("label_smoothing",)
     loss = PAIR_LOSSES.get("dpo")(*VECTOR, beta=BETA, options={"label_smoothing": 0.1})
     assert loss.item() == pytest.approx(0.618139, abs=1e-6)
+
+
+def test_chosen_nll_vector() -> None:
+    """docs/algorithms.md §0.2: sums -10 (5 tokens) and -20 (15 tokens), mean length 10."""
+    logps, lengths = torch.tensor([-10.0, -20.0]), torch.tensor([5, 15])
+    per_example = chosen_nll_loss(logps, lengths)
+    assert per_example.tolist() == pytest.approx([1.0, 2.0])
+    # the batch mean is TRL's token mean over the batch: 30 nats over 20 tokens
+    assert float(per_example.mean()) == pytest.approx(30 / 20)
+
+
+def test_chosen_nll_micro_batches_sum_to_the_batch_term() -> None:
+    logps, lengths = torch.tensor([-3.0, -8.0, -1.5, -12.0]), torch.tensor([2, 6, 1, 7])
+    whole = float(chosen_nll_loss(logps, lengths).mean())
+    mean_length = float(lengths.float().mean())
+    parts = sum(float(chosen_nll_loss(logps[i : i + 2], lengths[i : i + 2],
+                                      mean_length=mean_length).sum()) for i in (0, 2)) / 4
+    assert parts == pytest.approx(whole) == pytest.approx(24.5 / 16)
+
+
+def test_chosen_nll_gradient_is_minus_one_over_mean_length() -> None:
+    logps = torch.tensor([-4.0, -6.0], requires_grad=True)
+    chosen_nll_loss(logps, torch.tensor([3, 5])).sum().backward()
+    assert logps.grad is not None and logps.grad.tolist() == pytest.approx([-0.25, -0.25])
+
+
+def test_chosen_nll_refuses_empty_answers() -> None:
+    with pytest.raises(ValueError, match="mean chosen length"):
+        chosen_nll_loss(torch.tensor([0.0]), torch.tensor([0]))

@@ -10,6 +10,9 @@ runs in this process through ``trainers.loop.train`` (the ``dpo`` recipe), exact
 step (which depends on both trainers' log-probs, loss, gradients, clipping and AdamW update
 agreeing), the first batch's per-example log-probs and the token ids of every example.
 
+The ``rpo`` case adds the chosen-answer NLL (``rpo_alpha``; TRL 1.16: ``loss_type=["sigmoid",
+"sft"]``, ``loss_weights=[1, rpo_alpha]``) and checks the same things.
+
 Skipped, with the command to run, when the TRL venv has not been provisioned.
 
 Why TRL 0.28 is no longer compared: TRL 1.16 removed the functions that test called
@@ -51,7 +54,11 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["precompute", "per-step-ref"])
+RPO_ALPHA = 0.5
+
+
+@pytest.fixture(scope="module", params=[(True, None), (False, None), (True, RPO_ALPHA)],
+                ids=["precompute", "per-step-ref", "rpo"])
 def parity(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> dict[str, Any]:
     root = venv_dir()
@@ -61,10 +68,11 @@ def parity(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     tmp = tmp_path_factory.mktemp("trl-parity")
     model = build_tiny_model(tmp / "model")
     tokenizer = load_tokenizer(str(model))
+    precompute, rpo_alpha = request.param
     spec = make_spec(model, STEPS, batch_size=2, learning_rate=1e-2, beta=0.1, max_length=64,
-                     max_prompt_length=32, seed=0)
+                     max_prompt_length=32, seed=0, rpo_alpha=rpo_alpha)
     ordered = [PAIRS[i] for i in training_order(spec, len(PAIRS))]
-    speed = {"precompute_ref_log_probs": request.param}
+    speed = {"precompute_ref_log_probs": precompute}
     trl = TrlProcess(trl_job(spec, ordered, model, speed), tmp, free_run=True)
     try:
         control = LockstepControl(None)
@@ -74,7 +82,7 @@ def parity(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         trl.kill()
     return {"ours": [m["loss"] for m in control.metrics], "first": first, "trl": result,
             "token_mismatches": compare_tokens(spec, tokenizer, ordered, result["tokens"]),
-            "precompute": request.param}
+            "precompute": precompute, "rpo_alpha": rpo_alpha}
 
 
 def test_trl_version_and_settings(parity: dict[str, Any]) -> None:
@@ -87,7 +95,10 @@ def test_trl_version_and_settings(parity: dict[str, Any]) -> None:
 
 def test_first_step_loss_equal(parity: dict[str, Any]) -> None:
     ours, theirs = parity["ours"][0], parity["trl"]["losses"][0]
-    assert ours == pytest.approx(math.log(2), abs=1e-6)
+    if parity["rpo_alpha"] is None:
+        assert ours == pytest.approx(math.log(2), abs=1e-6)
+    else:  # log 2 plus rpo_alpha x the chosen answers' token-mean NLL (docs/algorithms.md §0.2)
+        assert ours > math.log(2) + 0.1
     assert abs(ours - theirs) < 1e-6
 
 

@@ -13,7 +13,7 @@ def dpo_stages(ctx: TrainContext, records: Records) -> list[Stage]:
     assert isinstance(spec, DPOSpec)
     hp = spec.hyperparameters
     return [PairStage("dpo", hp.max_steps, hp.learning_rate, spec.loss, dict(spec.loss_options),
-                      records=records)]
+                      records=records, nll_weight=spec.rpo_alpha or 0.0)]
 
 
 DPO = Recipe(dpo_stages)

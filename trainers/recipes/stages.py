@@ -20,6 +20,7 @@ from torch import Tensor
 from align_core import (
     PAIR_LOSSES,
     POINTWISE_LOSSES,
+    chosen_nll_loss,
     implicit_rewards,
     positive_mask,
     weighted_mean,
@@ -85,6 +86,7 @@ class PairStage:
     weights: Tensor | None = None
     reference_is_base: bool = True
     module: str = "policy"
+    nll_weight: float = 0.0  # RPO: + nll_weight x chosen-answer NLL (docs/algorithms.md §0.2)
 
     def __post_init__(self) -> None:
         self._chosen: list[Encoded] = []
@@ -128,6 +130,12 @@ class PairStage:
             policy_chosen, policy_rejected, ref[:, 0], ref[:, 1], beta=hp.beta,
             options=self.loss_options, **scores,
         )  # (B,)
+        nll: Tensor | None = None
+        if self.nll_weight:
+            lengths = torch.tensor([len(self._chosen[i].completion) for i in indices])
+            mean_length = sum(len(self._chosen[i].completion) for i in batch) / len(batch)
+            nll = chosen_nll_loss(policy_chosen, lengths, mean_length=mean_length)  # (B,)
+            losses = losses + self.nll_weight * nll
         weights = self.weights[indices].to(logps.device) if self.weights is not None else None
         chosen_r = implicit_rewards(policy_chosen, ref[:, 0], hp.beta)
         rejected_r = implicit_rewards(policy_rejected, ref[:, 1], hp.beta)
@@ -139,6 +147,8 @@ class PairStage:
             "logps/chosen": float(policy_chosen.detach().mean()),
             "logps/rejected": float(policy_rejected.detach().mean()),
         }
+        if nll is not None:
+            metrics["nll/chosen"] = float(nll.detach().mean())
         if len(indices) == len(batch):
             return weighted_mean(losses, weights), metrics
         return batch_share(losses, len(batch), weights), metrics
