@@ -21,6 +21,7 @@ from server.api.generation import GenerationService
 from server.api.openai_routes import router as openai_router
 from server.api.rewards import router as rewards_router
 from server.auth import KeyRing
+from server.console.routes import router as console_router
 from server.engine.base import Engine
 from server.metrics import Metrics
 from server.training import TrainingService
@@ -105,6 +106,7 @@ def create_app(
     app.state.training = training  # job store + datasets; None: training routes answer 503
     install_error_handlers(app)
     app.include_router(openai_router)
+    app.include_router(console_router)  # before admin_jobs: /admin/v1/jobs/schema
     app.include_router(admin_jobs_router)
     app.include_router(fine_tuning_router)
     app.include_router(deployments_router)
