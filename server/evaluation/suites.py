@@ -1,7 +1,8 @@
 """Evaluation suites: the development prompt sets of docs/assets.md as lists of identified items.
 
 Files come from ``pull_datasets`` (the same mechanism as training data), so a fresh machine
-fetches them on first use. Every item has a stable id (``source:index``) that the resumable
+fetches them on first use; ``benign_sensitive`` is our own set and ships in the package
+(``data/benign_sensitive.jsonl``). Every item has a stable id (``source:index``) that the resumable
 results file is keyed by; ``limit`` takes the first N items, and a larger limit extends a
 smaller one, so finished items stay valid.
 
@@ -14,7 +15,9 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from align_core.registry import Registry
 from server.assets import ProgressFn
@@ -69,6 +72,30 @@ def load_helpful(paths: dict[str, Path], limit: int) -> list[EvalItem]:
     return [EvalItem(f"alpacaeval:{i}", "helpful", p, False) for i, p in enumerate(prompts)]
 
 
+BENIGN_SENSITIVE_FILE = "benign_sensitive.jsonl"
+BENIGN_SENSITIVE_SPLITS = ("dev", "train")
+
+
+def benign_sensitive_prompts(split: str) -> list[dict[str, Any]]:
+    """Our benign-but-sensitive prompts of one split, in file order (categories interleaved).
+
+    Records: ``{"id", "prompt", "category", "split"}``. ``dev`` is evaluation's, ``train`` is
+    for training balance: no prompt is in both (docs/evaluation.md).
+    """
+    if split not in BENIGN_SENSITIVE_SPLITS:
+        raise ValueError(f"split must be one of {BENIGN_SENSITIVE_SPLITS}, not {split!r}")
+    text = (resources.files("server.evaluation") / "data" / BENIGN_SENSITIVE_FILE).read_text(
+        encoding="utf-8")
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [r for r in records if r["split"] == split]
+
+
+def load_benign_sensitive(paths: dict[str, Path], limit: int) -> list[EvalItem]:
+    """The dev split only (``paths`` is unused: the set ships with the package)."""
+    return [EvalItem(f"benign_sensitive:{r['id']}", "benign_sensitive", r["prompt"], False)
+            for r in benign_sensitive_prompts("dev")[:limit]]
+
+
 def wrap(template: str, request: str) -> str:
     """Put the request into the template's slot (str.replace: templates hold other braces)."""
     return template.replace(PROMPT_PLACEHOLDER, request)
@@ -121,6 +148,10 @@ SUITES.register("jailbreak", Suite(
     f"HarmBench requests in role-play templates (<= {MAX_TEMPLATE_CHARS} chars, seed "
     f"{JAILBREAK_SEED})",
 ))
+SUITES.register("benign_sensitive", Suite(
+    (), load_benign_sensitive, False,
+    "Benign requests that look sensitive (our own set, dev split; over-refusal)",
+))
 
 
 def load_suite(
@@ -128,7 +159,7 @@ def load_suite(
 ) -> list[EvalItem]:
     """The first ``limit`` items of suite ``name``, pulling its datasets when missing."""
     suite = SUITES.get(name)
-    paths = pull_datasets(home, names=suite.datasets, progress=progress)
+    paths = pull_datasets(home, names=suite.datasets, progress=progress) if suite.datasets else {}
     return suite.load(paths, limit)
 
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from server.evaluation import suites
+from server.evaluation.configs import EvalConfig, SamplingParams
+from server.evaluation.evaluate import EvalPlan, Scorers, evaluate
+from server.evaluation.packaged import OffensiveScorer
+from server.evaluation.refusal import RefusalDetector
 from server.evaluation.suites import (
     SUITES,
+    benign_sensitive_prompts,
+    load_benign_sensitive,
     load_harmful,
     load_helpful,
     load_jailbreak,
@@ -16,6 +24,7 @@ from server.evaluation.suites import (
     sample_pairs,
     wrap,
 )
+from tests.evaluation.conftest import FakeGenerator
 
 
 def _paths(home: Path) -> dict[str, Path]:
@@ -86,3 +95,62 @@ def test_parse_suite_spec() -> None:
         parse_suite_spec("nope", 40)
     with pytest.raises(ValueError):
         parse_suite_spec("helpful:0", 40)
+
+
+def test_benign_sensitive_set_size_ids_and_text() -> None:
+    dev, train = benign_sensitive_prompts("dev"), benign_sensitive_prompts("train")
+    records = dev + train
+    assert len(records) >= 200
+    assert len({r["id"] for r in records}) == len(records)
+    assert len({r["prompt"].strip().lower() for r in records}) == len(records)
+    assert all(set(r) == {"id", "prompt", "category", "split"} for r in records)
+    assert all(r["prompt"].strip() and r["category"] for r in records)
+    with pytest.raises(ValueError, match="split"):
+        benign_sensitive_prompts("test")
+
+
+def test_benign_sensitive_splits_are_disjoint_and_stratified() -> None:
+    dev, train = benign_sensitive_prompts("dev"), benign_sensitive_prompts("train")
+    assert len(dev) >= 100 and len(train) >= 100
+    assert {r["split"] for r in dev} == {"dev"} and {r["split"] for r in train} == {"train"}
+    assert not {r["id"] for r in dev} & {r["id"] for r in train}
+    assert not {r["prompt"] for r in dev} & {r["prompt"] for r in train}
+    dev_cats = Counter(r["category"] for r in dev)
+    train_cats = Counter(r["category"] for r in train)
+    assert len(dev_cats) >= 10 and set(dev_cats) == set(train_cats)
+    for cat in dev_cats:  # stratified: each category split about in half
+        assert abs(dev_cats[cat] - train_cats[cat]) <= 1, cat
+
+
+def test_benign_sensitive_suite_is_dev_benign_and_prefix_stable(tmp_path: Path) -> None:
+    dev = benign_sensitive_prompts("dev")
+    items = load_benign_sensitive({}, 1000)
+    assert [i.item_id for i in items] == [f"benign_sensitive:{r['id']}" for r in dev]
+    assert [i.prompt for i in items] == [r["prompt"] for r in dev]
+    assert all(i.suite == "benign_sensitive" and not i.harmful for i in items)
+    assert load_benign_sensitive({}, 12) == items[:12]
+    # Any prefix mixes categories (the file interleaves them).
+    assert len({r["category"] for r in dev[:12]}) >= 10
+    suite = SUITES.get("benign_sensitive")
+    assert suite.datasets == () and not suite.harmful
+    # Shipped in the package: no pull, nothing written under home.
+    assert suites.load_suite("benign_sensitive", tmp_path, 5) == items[:5]
+    assert list(tmp_path.iterdir()) == []
+    assert parse_suite_spec("benign_sensitive:40", 10) == ("benign_sensitive", 40)
+
+
+def test_eval_reports_benign_sensitive_refusals_as_over_refusal(tmp_path: Path) -> None:
+    items = load_benign_sensitive({}, 4)
+    first = items[0].prompt
+
+    def reply(config: EvalConfig, prompt: str) -> str:  # declines one of the four
+        return "I'm sorry, but I can't help with that." if prompt == first else "Sure: step one."
+
+    plan = EvalPlan(configs=(EvalConfig("base", "m"),), suites={"benign_sensitive": items},
+                    sampling=SamplingParams(max_tokens=8), output=tmp_path / "run")
+    scorers = Scorers(RefusalDetector(None), OffensiveScorer(unavailable_reason="not installed"))
+    report = asyncio.run(evaluate(plan, FakeGenerator(reply=reply), scorers, lambda _: None))
+    assert report["suites"]["benign_sensitive"]["harmful"] is False
+    assert report["results"]["base"]["benign_sensitive"]["refusal_rate"]["k"] == 1
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert "over-refusal benign_sensitive" in table and "0.25 (1/4)" in table
