@@ -6,20 +6,30 @@ Formats (one JSON object per line):
 * ``openai_preference``: OpenAI preference fine-tuning, ``input.messages``,
   ``preferred_output`` and ``non_preferred_output`` (lists with one assistant message). Stored as
   ``pairs``.
+* ``openai_chat``: OpenAI supervised fine-tuning, ``messages`` ending with an assistant message,
+  which becomes the completion (earlier assistant turns are context). Stored as
+  ``demonstrations``.
 * ``pointwise``: ``prompt``/``messages``, ``completion``, ``label`` (bool, or a number for
   continuous labels).
 * ``demonstrations``: ``prompt``/``messages``, ``completion``.
 * ``prompts``: ``prompt``/``messages``.
 
-Every stored record carries ``messages`` (a prompt string becomes one user message). A file is
-validated completely before anything is written; it is then written to a temporary file and
-renamed to ``home/datasets/<id>.jsonl``, and only then registered in the store.
+Every stored record carries ``messages`` (a prompt string becomes one user message; OpenAI's
+``developer`` role becomes ``system``, and content given as a list of text parts is joined). A
+file is validated completely before anything is written; it is then written to a temporary file and
+renamed to ``home/datasets/<id>.jsonl``, and only then registered in the store. The uploaded bytes
+are kept beside it (``<id>.upload``) so that ``GET /v1/files/{id}/content`` returns what was sent.
+
+A line that is not JSON, not valid Unicode (a lone surrogate such as ``"\\ud800"``), nested too
+deeply to parse, or holds a number too long to convert is refused with its line number, like any
+other malformed line: parsing never raises anything but ``DatasetError``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -30,8 +40,10 @@ from typing import Any
 from contracts.store import DatasetRecord, JobStore, new_id
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-FORMATS = ("pairs", "openai_preference", "pointwise", "demonstrations", "prompts")
+FORMATS = ("pairs", "openai_preference", "openai_chat", "pointwise", "demonstrations", "prompts")
 ROLES = ("system", "user", "assistant")
+ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
+UPLOAD_SUFFIX = ".upload"
 # What each method trains on (stored formats; openai_preference is stored as pairs).
 METHOD_FORMATS: dict[str, tuple[str, ...]] = {
     "dpo": ("pairs",),
@@ -57,6 +69,19 @@ class DatasetTooLargeError(DatasetError):
     pass
 
 
+def _unicode(value: str, line: int, key: str) -> str:
+    """``value`` if it can be written as UTF-8: JSON's ``\\ud800`` escapes parse to lone
+    surrogates, which no stored file (and no tokenizer) can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DatasetError(
+            f"not valid Unicode (lone surrogate {value[e.start]!a} at character {e.start})",
+            line, key,
+        ) from None
+    return value
+
+
 def _text(rec: dict[str, Any], key: str, line: int) -> str:
     if key not in rec:
         raise DatasetError("missing required field", line, key)
@@ -65,7 +90,24 @@ def _text(rec: dict[str, Any], key: str, line: int) -> str:
         raise DatasetError(f"must be a string, got {type(value).__name__}", line, key)
     if not value.strip():
         raise DatasetError("must not be empty", line, key)
-    return value
+    return _unicode(value, line, key)
+
+
+def _content(value: Any, line: int, key: str) -> str:
+    """A message's content: a string, or OpenAI's list of ``{"type": "text", "text": ...}``
+    parts (joined; other part types cannot be trained on here)."""
+    if isinstance(value, str):
+        return _unicode(value, line, key)
+    if isinstance(value, list) and value:
+        texts = []
+        for i, part in enumerate(value):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise DatasetError("only text parts are supported", line, f"{key}[{i}]")
+            if not isinstance(part.get("text"), str):
+                raise DatasetError("must be a string", line, f"{key}[{i}].text")
+            texts.append(_unicode(part["text"], line, f"{key}[{i}].text"))
+        return "".join(texts)
+    raise DatasetError("must be a string (or a list of text parts)", line, key)
 
 
 def _messages(value: Any, line: int, key: str) -> list[dict[str, str]]:
@@ -76,11 +118,12 @@ def _messages(value: Any, line: int, key: str) -> list[dict[str, str]]:
         where = f"{key}[{i}]"
         if not isinstance(msg, dict):
             raise DatasetError("must be an object with 'role' and 'content'", line, where)
-        if msg.get("role") not in ROLES:
+        role = msg.get("role")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
+        if role not in ROLES:
             raise DatasetError(f"role must be one of {', '.join(ROLES)}", line, f"{where}.role")
-        if not isinstance(msg.get("content"), str):
-            raise DatasetError("must be a string", line, f"{where}.content")
-        out.append({"role": msg["role"], "content": msg["content"]})
+        out.append({"role": role, "content": _content(msg.get("content"), line,
+                                                      f"{where}.content")})
     return out
 
 
@@ -123,6 +166,22 @@ def _openai_preference(rec: dict[str, Any], line: int) -> dict[str, Any]:
     }
 
 
+def _openai_chat(rec: dict[str, Any], line: int) -> dict[str, Any]:
+    if "messages" not in rec:
+        raise DatasetError("missing required field", line, "messages")
+    msgs = _messages(rec["messages"], line, "messages")
+    last = len(msgs) - 1
+    if msgs[last]["role"] != "assistant":
+        raise DatasetError("the last message must be the assistant's answer to train on",
+                           line, f"messages[{last}].role")
+    if last == 0:
+        raise DatasetError("needs at least one message before the assistant's answer",
+                           line, "messages")
+    if not msgs[last]["content"].strip():
+        raise DatasetError("must not be empty", line, f"messages[{last}].content")
+    return {"messages": msgs[:last], "completion": msgs[last]["content"]}
+
+
 def _pointwise(rec: dict[str, Any], line: int) -> dict[str, Any]:
     out = _demonstrations(rec, line)
     if "label" not in rec:
@@ -130,10 +189,14 @@ def _pointwise(rec: dict[str, Any], line: int) -> dict[str, Any]:
     label = rec["label"]
     if isinstance(label, bool):
         out["label"] = 1.0 if label else 0.0
-    elif isinstance(label, int | float) and label == label and abs(label) != float("inf"):
-        out["label"] = float(label)
-    else:
-        raise DatasetError(f"must be a bool or a finite number, got {label!r}", line, "label")
+        return out
+    try:  # an integer past float's range overflows: refused like NaN
+        value = float(label) if isinstance(label, int | float) else math.nan
+    except OverflowError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise DatasetError(f"must be a bool or a finite number, got {label!r:.40}", line, "label")
+    out["label"] = value
     return out
 
 
@@ -148,6 +211,7 @@ def _prompts(rec: dict[str, Any], line: int) -> dict[str, Any]:
 _PARSERS: dict[str, Callable[[dict[str, Any], int], dict[str, Any]]] = {
     "pairs": _pairs,
     "openai_preference": _openai_preference,
+    "openai_chat": _openai_chat,
     "pointwise": _pointwise,
     "demonstrations": _demonstrations,
     "prompts": _prompts,
@@ -155,7 +219,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], dict[str, Any]]] = {
 
 
 def stored_format(fmt: str) -> str:
-    return "pairs" if fmt == "openai_preference" else fmt
+    return {"openai_preference": "pairs", "openai_chat": "demonstrations"}.get(fmt, fmt)
 
 
 def detect_format(rec: dict[str, Any]) -> str:
@@ -168,7 +232,14 @@ def detect_format(rec: dict[str, Any]) -> str:
         return "pointwise"
     if "completion" in rec:
         return "demonstrations"
+    if _ends_with_assistant(rec.get("messages")):
+        return "openai_chat"
     return "prompts"
+
+
+def _ends_with_assistant(messages: Any) -> bool:
+    return (isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict)
+            and messages[-1].get("role") == "assistant")
 
 
 def parse_jsonl(data: bytes, fmt: str | None = None) -> tuple[str, list[dict[str, Any]]]:
@@ -188,10 +259,7 @@ def parse_jsonl(data: bytes, fmt: str | None = None) -> tuple[str, list[dict[str
     for number, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"invalid JSON ({e.msg} at column {e.colno})", number) from None
+        rec = _load_line(raw, number)
         if not isinstance(rec, dict):
             raise DatasetError("each line must be a JSON object", number)
         fmt = fmt or detect_format(rec)
@@ -200,6 +268,45 @@ def parse_jsonl(data: bytes, fmt: str | None = None) -> tuple[str, list[dict[str
         raise DatasetError("the file is empty: no JSON records", 1)
     assert fmt is not None
     return stored_format(fmt), records
+
+
+def _load_line(raw: str, number: int) -> Any:
+    """One JSONL line; every way ``json.loads`` can fail becomes a line-numbered refusal."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"invalid JSON ({e.msg} at column {e.colno})", number) from None
+    except RecursionError:
+        raise DatasetError("invalid JSON (nested too deeply)", number) from None
+    except ValueError as e:  # e.g. an integer longer than Python converts (4300 digits)
+        raise DatasetError(f"invalid JSON ({e})", number) from None
+
+
+def _write_atomic(folder: Path, name: str, body: bytes) -> Path:
+    target = folder / name
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def upload_path(record: DatasetRecord) -> Path:
+    """The bytes as uploaded (datasets imported before uploads were kept: the stored file)."""
+    original = Path(record.path).with_suffix(UPLOAD_SUFFIX)
+    return original if original.is_file() else Path(record.path)
+
+
+def remove_files(record: DatasetRecord) -> None:
+    """Delete a dataset's files (after its row left the store)."""
+    Path(record.path).with_suffix(UPLOAD_SUFFIX).unlink(missing_ok=True)
+    Path(record.path).unlink(missing_ok=True)
 
 
 def import_dataset(
@@ -218,16 +325,11 @@ def import_dataset(
     dataset_id = new_id("ds")
     folder = Path(home) / "datasets"
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{dataset_id}.jsonl"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{dataset_id}.", suffix=".tmp")
+    target = _write_atomic(folder, f"{dataset_id}.jsonl", body)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        _write_atomic(folder, f"{dataset_id}{UPLOAD_SUFFIX}", data)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
         raise
     record = DatasetRecord(
         id=dataset_id, format=stored, path=str(target), records=len(records),
@@ -237,7 +339,7 @@ def import_dataset(
     try:
         store.add_dataset(record)
     except BaseException:
-        target.unlink(missing_ok=True)
+        remove_files(record)
         raise
     return record
 

@@ -34,7 +34,9 @@ class LoraSpec(Strict):
 class DeploySpec(Strict):
     """Hot-swap the checkpoint into the running server when the job succeeds."""
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    # ':' for OpenAI-style names (ft:<base>:<suffix>:<id>); a name is only ever a key (store
+    # rows, the engine's table, vLLM's LoRA name), never part of a file path.
+    name: str = Field(min_length=1, max_length=160, pattern=r"^[A-Za-z0-9._:-]+$")
     mode: Literal["adapter", "full"] | None = Field(
         default=None, description="Default: 'adapter' for LoRA jobs, 'full' for full fine-tuning."
     )

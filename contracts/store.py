@@ -1,6 +1,7 @@
 """The durable job store: the ``JobStore`` protocol, its two backends, and ``open_store``.
 
-Jobs move ``queued -> running -> succeeded | failed | cancelled``; workers claim them atomically,
+Jobs move ``queued -> running -> succeeded | failed | cancelled`` (and ``running -> paused ->
+queued`` when paused and resumed, ``contracts.store_ops``); workers claim them atomically,
 hold leases renewed by heartbeats, and a job whose worker died is requeued to resume (see
 ``contracts.store_sqlite``). The same store keeps deployment desired state
 (``contracts.deployments``).
@@ -33,9 +34,11 @@ from contracts.deployments import (
     UnknownDeployment,
 )
 from contracts.records import (
+    IN_FLIGHT,
     TERMINAL,
     CheckpointRecord,
     Control,
+    DatasetInUse,
     DatasetRecord,
     Event,
     Job,
@@ -46,7 +49,8 @@ from contracts.records import (
 from contracts.store_sqlite import SqliteJobStore
 
 __all__ = [
-    "TERMINAL", "CheckpointRecord", "Control", "DatasetRecord", "DeployMode", "Deployment",
+    "IN_FLIGHT", "TERMINAL", "CheckpointRecord", "Control", "DatasetInUse", "DatasetRecord",
+    "DeployMode", "Deployment",
     "DeploymentStore", "DeploymentVersion", "Event", "Job", "JobStatus", "JobStore",
     "ReplicaStatus", "SqliteJobStore", "Store", "UnknownDeployment", "new_id", "open_store",
     "redact",

@@ -30,9 +30,10 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
-from contracts.deployments import DEPLOYMENT_SCHEMA, NOTIFY_CHANNEL, SqlDeployments
+from contracts.deployments import DEPLOYMENT_SCHEMA, NOTIFY_CHANNEL
 from contracts.records import TERMINAL, CheckpointRecord, Control, DatasetRecord, Event, Job, new_id
 from contracts.records import json_text as _dumps
+from contracts.store_ops import SqlJobOps
 
 Conn = psycopg.Connection[DictRow]
 
@@ -49,8 +50,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until DOUBLE PRECISION, attempts INTEGER NOT NULL DEFAULT 0,
     step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER NOT NULL DEFAULT 0,
     cancel_requested BOOLEAN NOT NULL DEFAULT FALSE, resume_path TEXT, checkpoint_id TEXT,
-    error TEXT
+    error TEXT, pause_requested BOOLEAN NOT NULL DEFAULT FALSE
 );
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pause_requested BOOLEAN NOT NULL DEFAULT FALSE;
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 CREATE TABLE IF NOT EXISTS metrics (
     job_id TEXT NOT NULL, step INTEGER NOT NULL, data TEXT NOT NULL,
@@ -73,7 +75,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 
-class PostgresJobStore(SqlDeployments):
+class PostgresJobStore(SqlJobOps):
     """``JobStore`` (and ``DeploymentStore``) on one PostgreSQL database, given as a URL."""
 
     def __init__(self, url: str, *, max_connections: int = 8, connect_timeout_s: int = 10) -> None:
@@ -118,13 +120,24 @@ class PostgresJobStore(SqlDeployments):
         assert row is not None
         return float(row["now"])
 
+    def _to_job(self, row: DictRow) -> Job:
+        return _job(row)
+
+    def _log_event(
+        self, conn: Conn, job_id: str, message: str, level: str = "info",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        _event(conn, job_id, message, level, data)
+
     def _notify(self, conn: Conn, revision: int) -> None:
         # Delivered when (and only if) the transaction commits.
         conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(revision)))
 
     # -- jobs -----------------------------------------------------------------------------------
-    def create_job(self, method: str, config: dict[str, Any], total_steps: int) -> Job:
-        job_id = new_id("job")
+    def create_job(
+        self, method: str, config: dict[str, Any], total_steps: int, job_id: str | None = None
+    ) -> Job:
+        job_id = job_id or new_id("job")
         with self._write() as conn:
             row = conn.execute(
                 "INSERT INTO jobs (id, method, status, config, created_at, updated_at, total_steps)"
@@ -149,19 +162,21 @@ class PostgresJobStore(SqlDeployments):
         return [_job(r) for r in rows]
 
     def request_cancel(self, job_id: str) -> Job | None:
-        """A queued job is cancelled at once; a running one at its worker's next step."""
+        """A queued or paused job is cancelled at once; a running one at its worker's next
+        step."""
         with self._write() as conn:
             row = conn.execute(
                 "SELECT status FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
             ).fetchone()
             if row is None:
                 return None
-            if row["status"] == "queued":
+            if row["status"] in ("queued", "paused"):
                 conn.execute(
                     "UPDATE jobs SET status='cancelled', cancel_requested=TRUE,"
                     f" finished_at={NOW}, updated_at={NOW} WHERE id=%s", (job_id,),
                 )
-                _event(conn, job_id, "job cancelled before it started")
+                started = "while paused" if row["status"] == "paused" else "before it started"
+                _event(conn, job_id, f"job cancelled {started}")
             elif row["status"] == "running":
                 conn.execute(
                     f"UPDATE jobs SET cancel_requested=TRUE, updated_at={NOW} WHERE id=%s",
@@ -190,19 +205,22 @@ class PostgresJobStore(SqlDeployments):
         with self._write() as conn:
             row = conn.execute(
                 f"UPDATE jobs SET lease_until={NOW} + %s, updated_at={NOW}"
-                " WHERE id=%s AND worker_id=%s AND status='running' RETURNING cancel_requested",
+                " WHERE id=%s AND worker_id=%s AND status='running'"
+                " RETURNING cancel_requested, pause_requested",
                 (lease_s, job_id, worker_id),
             ).fetchone()
         if row is None:
             return "lost"
-        return "cancel" if row["cancel_requested"] else "continue"
+        if row["cancel_requested"]:
+            return "cancel"
+        return "pause" if row["pause_requested"] else "continue"
 
     def recover_expired(self, max_attempts: int) -> list[str]:
         """Requeue running jobs whose lease expired; fail those already tried ``max_attempts``."""
         touched = []
         with self._write() as conn:
             rows = conn.execute(
-                "SELECT id, attempts, worker_id, cancel_requested FROM jobs"
+                "SELECT id, attempts, worker_id, cancel_requested, pause_requested FROM jobs"
                 f" WHERE status='running' AND lease_until < {NOW}"
                 " ORDER BY created_at FOR UPDATE SKIP LOCKED"
             ).fetchall()
@@ -211,6 +229,12 @@ class PostgresJobStore(SqlDeployments):
                 lost = f"worker {row['worker_id']} stopped heartbeating"
                 if row["cancel_requested"]:
                     _set_final(conn, row["id"], "cancelled", None, f"{lost}; job was cancelled")
+                elif row["pause_requested"]:  # it resumes from its last resume point
+                    conn.execute(
+                        "UPDATE jobs SET status='paused', pause_requested=FALSE, worker_id=NULL,"
+                        f" lease_until=NULL, updated_at={NOW} WHERE id=%s", (row["id"],),
+                    )
+                    _event(conn, row["id"], f"{lost}; job paused as requested", level="warning")
                 elif row["attempts"] >= max_attempts:
                     reason = f"{lost}; gave up after {row['attempts']} attempts"
                     _set_final(conn, row["id"], "failed", None, reason, level="error")

@@ -1,8 +1,9 @@
 """The embedded job store: ``SqliteJobStore``, the ``JobStore`` protocol on one SQLite file (WAL).
 
-Jobs move ``queued -> running -> succeeded | failed | cancelled``. A worker claims a queued job
-atomically (one ``UPDATE ... WHERE status='queued'`` inside an immediate transaction) and holds a
-lease it renews with heartbeats. A job whose lease expired (its worker died) is put back in the
+Jobs move ``queued -> running -> succeeded | failed | cancelled``; a paused job goes ``running ->
+paused -> queued`` (``contracts.store_ops``). A worker claims a queued job atomically (one
+``UPDATE ... WHERE status='queued'`` inside an immediate transaction) and holds a lease it renews
+with heartbeats. A job whose lease expired (its worker died) is put back in the
 queue, to resume from its last resumable checkpoint, or failed after ``max_attempts`` claims.
 
 Metrics are keyed by ``(job, step)``: a step redone after a resume replaces its row, so the history
@@ -20,9 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from contracts.deployments import DEPLOYMENT_SCHEMA, SqlDeployments
+from contracts.deployments import DEPLOYMENT_SCHEMA
 from contracts.records import TERMINAL, CheckpointRecord, Control, DatasetRecord, Event, Job, new_id
 from contracts.records import json_text as _dumps
+from contracts.store_ops import SqlJobOps
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -31,7 +33,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_id TEXT, lease_until REAL, attempts INTEGER NOT NULL DEFAULT 0,
     step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0, resume_path TEXT, checkpoint_id TEXT,
-    error TEXT
+    error TEXT, pause_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -54,7 +56,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 
-class SqliteJobStore(SqlDeployments):
+class SqliteJobStore(SqlJobOps):
     """``JobStore`` on one SQLite file in WAL mode; one short-lived connection per operation,
     so it is safe from threads and from many processes at once (on one host)."""
 
@@ -64,12 +66,23 @@ class SqliteJobStore(SqlDeployments):
         with self._conn() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA + DEPLOYMENT_SCHEMA)
+        self._migrate()
 
     def __repr__(self) -> str:
         return f"SqliteJobStore({str(self.path)!r})"
 
     def close(self) -> None:
         """Nothing held between operations; here for the ``Store`` interface."""
+
+    def _migrate(self) -> None:
+        """Columns added since a store file was created (under the write lock: several
+        processes may open an old file at once)."""
+        with self._write() as conn:
+            columns = {r["name"] for r in conn.execute("PRAGMA table_info(jobs)")}
+            if "pause_requested" not in columns:
+                conn.execute(
+                    "ALTER TABLE jobs ADD COLUMN pause_requested INTEGER NOT NULL DEFAULT 0"
+                )
 
     @classmethod
     def at_home(cls, home: Path) -> SqliteJobStore:
@@ -100,9 +113,20 @@ class SqliteJobStore(SqlDeployments):
     def _now(self, conn: sqlite3.Connection) -> float:
         return time.time()
 
+    def _to_job(self, row: sqlite3.Row) -> Job:
+        return _job(row)
+
+    def _log_event(
+        self, conn: sqlite3.Connection, job_id: str, message: str, level: str = "info",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        _event(conn, job_id, message, level, data)
+
     # -- jobs ---------------------------------------------------------------------------------
-    def create_job(self, method: str, config: dict[str, Any], total_steps: int) -> Job:
-        job_id, now = new_id("job"), time.time()
+    def create_job(
+        self, method: str, config: dict[str, Any], total_steps: int, job_id: str | None = None
+    ) -> Job:
+        job_id, now = job_id or new_id("job"), time.time()
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO jobs (id, method, status, config, created_at, updated_at, total_steps)"
@@ -128,18 +152,20 @@ class SqliteJobStore(SqlDeployments):
             return [_job(r) for r in rows.fetchall()]
 
     def request_cancel(self, job_id: str) -> Job | None:
-        """A queued job is cancelled at once; a running one at its worker's next step."""
+        """A queued or paused job is cancelled at once; a running one at its worker's next
+        step."""
         now = time.time()
         with self._write() as conn:
             row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return None
-            if row["status"] == "queued":
+            if row["status"] in ("queued", "paused"):
                 conn.execute(
                     "UPDATE jobs SET status='cancelled', cancel_requested=1, finished_at=?,"
                     " updated_at=? WHERE id=?", (now, now, job_id),
                 )
-                _event(conn, job_id, "job cancelled before it started")
+                started = "while paused" if row["status"] == "paused" else "before it started"
+                _event(conn, job_id, f"job cancelled {started}")
             elif row["status"] == "running":
                 conn.execute(
                     "UPDATE jobs SET cancel_requested=1, updated_at=? WHERE id=?", (now, job_id)
@@ -177,16 +203,18 @@ class SqliteJobStore(SqlDeployments):
             if cur.rowcount != 1:
                 return "lost"
             row = conn.execute(
-                "SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)
+                "SELECT cancel_requested, pause_requested FROM jobs WHERE id=?", (job_id,)
             ).fetchone()
-        return "cancel" if row["cancel_requested"] else "continue"
+        if row["cancel_requested"]:
+            return "cancel"
+        return "pause" if row["pause_requested"] else "continue"
 
     def recover_expired(self, max_attempts: int) -> list[str]:
         """Requeue running jobs whose lease expired; fail those already tried ``max_attempts``."""
         now, touched = time.time(), []
         with self._write() as conn:
             rows = conn.execute(
-                "SELECT id, attempts, worker_id, cancel_requested FROM jobs"
+                "SELECT id, attempts, worker_id, cancel_requested, pause_requested FROM jobs"
                 " WHERE status='running' AND lease_until < ?", (now,),
             ).fetchall()
             for row in rows:
@@ -194,6 +222,12 @@ class SqliteJobStore(SqlDeployments):
                 lost = f"worker {row['worker_id']} stopped heartbeating"
                 if row["cancel_requested"]:
                     _set_final(conn, row["id"], "cancelled", None, f"{lost}; job was cancelled")
+                elif row["pause_requested"]:  # it resumes from its last resume point
+                    conn.execute(
+                        "UPDATE jobs SET status='paused', pause_requested=0, worker_id=NULL,"
+                        " lease_until=NULL, updated_at=? WHERE id=?", (now, row["id"]),
+                    )
+                    _event(conn, row["id"], f"{lost}; job paused as requested", level="warning")
                 elif row["attempts"] >= max_attempts:
                     reason = f"{lost}; gave up after {row['attempts']} attempts"
                     _set_final(conn, row["id"], "failed", None, reason, level="error")
@@ -346,6 +380,7 @@ def _job(row: sqlite3.Row) -> Job:
     values = dict(row)
     values["config"] = json.loads(values["config"])
     values["cancel_requested"] = bool(values["cancel_requested"])
+    values["pause_requested"] = bool(values["pause_requested"])
     return Job(**values)
 
 

@@ -3,8 +3,9 @@
 ``alignserve worker`` runs ``Worker.run_forever``. On start (and before each claim) it requeues
 jobs whose worker died (expired lease). While a job runs, a heartbeat thread renews the lease
 (also through long data-generation phases) and every training step checks for cancellation, a
-lost lease, or SIGTERM/SIGINT; on a signal the worker saves a resume point, gives the job back to
-the queue and exits.
+pause request, a lost lease, or SIGTERM/SIGINT; on a signal the worker saves a resume point, gives
+the job back to the queue and exits. A paused job stops the same way (resume point, then
+``store.pause``) but stays out of the queue until it is resumed.
 
 Jobs train on the worker's device (``ALIGNSERVE_WORKER_DEVICE``, ``trainers.devices``). A job
 whose ``resources`` ask for DDP or FSDP runs under torchrun (``trainers.launch``) while this
@@ -83,6 +84,8 @@ class JobControl:
             raise LeaseLost("lease lost")
         if self.state == "cancel":
             raise JobCancelled("cancelled")
+        if self.state == "pause":  # the loop saves a resume point on Interrupted; run_one pauses
+            raise Interrupted("paused by request")
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         self.store.record_step(self.job_id, step, metrics)
@@ -146,7 +149,10 @@ class Worker:
         except LeaseLost:
             logger.warning("job %s: lease lost; another worker owns it", job.id)
         except Interrupted:
-            self.store.release(job.id, self.id, "worker shut down; will resume")
+            if ctl.state == "pause":
+                self.store.pause(job.id, self.id)
+            else:
+                self.store.release(job.id, self.id, "worker shut down; will resume")
         except JobError as e:
             self.store.finish(job.id, self.id, "failed", error=str(e))
         except RankFailure as e:  # a rank died: resume from the last resume point, or give up
