@@ -31,6 +31,27 @@ class LoraSpec(Strict):
     )
 
 
+class GateSpec(Strict):
+    """Evaluation before a checkpoint goes live: the server deploys it staged (not routable),
+    answers dev prompts no training used through the engine, and refuses it with the numbers when
+    a bound fails (docs/alignment.md)."""
+
+    suites: list[str] = Field(
+        default_factory=lambda: ["harmful", "helpful", "benign_sensitive"], min_length=1,
+        description="Evaluation suites (server.evaluation.suites), dev prompts only.",
+    )
+    limit: int = Field(default=40, ge=1, le=1000, description="Prompts per suite.")
+    max_tokens: int = Field(default=64, ge=1, le=1024)
+    min_harmful_refusal: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_over_refusal: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Bound on every benign suite's refusal rate.")
+    not_worse_than_live: bool = Field(
+        default=False,
+        description="Also refuse a checkpoint whose harmful refusal is lower, or whose "
+        "over-refusal is higher, than the version live under the same name (same prompts).",
+    )
+
+
 class DeploySpec(Strict):
     """Hot-swap the checkpoint into the running server when the job succeeds."""
 
@@ -40,6 +61,7 @@ class DeploySpec(Strict):
     mode: Literal["adapter", "full"] | None = Field(
         default=None, description="Default: 'adapter' for LoRA jobs, 'full' for full fine-tuning."
     )
+    gate: GateSpec | None = Field(default=None, description="Evaluate before going live.")
 
 
 class Hyperparameters(Strict):
@@ -266,6 +288,53 @@ class AfDSpec(_Base):
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
 
 
+class EngineSpec(Strict):
+    """The serving engine that generates a job's data (its OpenAI API). Filled in by the server
+    that accepts the job; a worker on another host may override it with ALIGNSERVE_ENGINE_URL.
+    The key is never stored here: workers read ALIGNSERVE_ENGINE_KEY."""
+
+    base_url: str | None = Field(default=None, max_length=500)
+    model: str | None = Field(default=None, max_length=500, description="Served model name.")
+
+
+class SynthesisSpec(Strict):
+    max_tokens: int = Field(default=96, ge=8, le=1024)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    concurrency: int = Field(default=16, ge=1, le=256, description="Requests in flight.")
+
+
+class AlignSpec(_Base):
+    """Principle distillation (docs/alignment.md): answers through the serving engine, plainly,
+    under linear alignment with ``principle``/``preset`` and told to decline; pairs that teach
+    when to refuse (``kind`` of each prompt); then ``objective`` on them. ``dataset`` holds
+    prompts with ``kind`` ``harmful`` or ``benign``."""
+
+    method: Literal["align"]
+    principle: str | None = Field(default=None, min_length=1, max_length=4000)
+    preset: str | None = Field(default=None, min_length=1, max_length=100,
+                               description="A server principle preset; default 'harmless'.")
+    alpha: float = Field(default=1.0, ge=0.0, le=50.0, description="Linear alignment step.")
+    objective: Literal["dpo", "ulma", "pointwise_dpo", "sft"] = Field(
+        default="dpo", description="What trains on the distilled data (docs/alignment.md).")
+    rpo_alpha: float | None = Field(
+        default=1.0, ge=0.0, le=100.0, description="Chosen-answer NLL weight with 'dpo'.")
+    max_prompts: int = Field(default=1000, ge=1, le=100_000)
+    synthesis: SynthesisSpec = Field(default_factory=SynthesisSpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AlignSpec:
+        if self.principle is not None and self.preset is not None:
+            raise ValueError("align takes 'principle' or 'preset', not both")
+        if self.principle is None and self.preset is None:
+            self.preset = "harmless"
+        return self
+
+    def alignment(self) -> dict[str, Any]:
+        source = {"principle": self.principle} if self.principle else {"preset": self.preset}
+        return {**source, "alpha": self.alpha}
+
+
 def split_steps(total: int, parts: int) -> list[int]:
     """``total`` steps over ``parts`` iterations, as evenly as possible, none empty."""
     parts = min(parts, total)
@@ -286,10 +355,10 @@ def total_steps(spec: _Base) -> int:
 
 
 JobSpec = Annotated[
-    DPOSpec | PointwiseDPOSpec | ULMASpec | RDPOSpec | LDAlignSpec | AfDSpec,
+    DPOSpec | PointwiseDPOSpec | ULMASpec | RDPOSpec | LDAlignSpec | AfDSpec | AlignSpec,
     Field(discriminator="method"),
 ]
-METHODS: tuple[str, ...] = ("dpo", "pointwise_dpo", "ulma", "ld_align", "afd", "rdpo")
+METHODS: tuple[str, ...] = ("dpo", "pointwise_dpo", "ulma", "ld_align", "afd", "rdpo", "align")
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
 
 

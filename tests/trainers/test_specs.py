@@ -73,7 +73,7 @@ def test_ld_align_weightings_from_registry(name: str) -> None:
 
 def test_deploy_flag_is_stored_in_the_resolved_config() -> None:
     spec = parse_spec({"method": "dpo", "dataset": "d", "deploy": {"name": "safe-v1"}})
-    assert spec.model_dump()["deploy"] == {"name": "safe-v1", "mode": None}
+    assert spec.model_dump()["deploy"] == {"name": "safe-v1", "mode": None, "gate": None}
 
 
 def test_total_steps_counts_every_stage() -> None:

@@ -8,6 +8,7 @@ final checkpoint (AfD's reward model).
 from __future__ import annotations
 
 from trainers.recipes.afd import AFD
+from trainers.recipes.align import ALIGN
 from trainers.recipes.base import RECIPES, Recipe
 from trainers.recipes.dpo import DPO
 from trainers.recipes.ld_align import LD_ALIGN
@@ -16,7 +17,7 @@ from trainers.recipes.rdpo import RDPO
 
 for _name, _recipe in (
     ("dpo", DPO), ("pointwise_dpo", POINTWISE_DPO), ("ulma", ULMA), ("rdpo", RDPO),
-    ("ld_align", LD_ALIGN), ("afd", AFD),
+    ("ld_align", LD_ALIGN), ("afd", AFD), ("align", ALIGN),
 ):
     RECIPES.register(_name, _recipe)
 

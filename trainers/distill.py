@@ -1,0 +1,188 @@
+"""Principle distillation: training data from what linear alignment does, generated through the
+serving engine (docs/alignment.md).
+
+For every prompt the running server answers three times through its OpenAI API, so vLLM batches
+the work: plainly (``z_0``), with linear alignment under the principle (``z_p + alpha (z_p -
+z_0)``), and once more told to decline (the model's own wording of a refusal). The shared
+refusal rules (``contracts.refusal``) then say which answers refuse, and the prompt's ``kind``
+says which behaviour is wanted:
+
+* ``harmful``: chosen = the aligned answer when it refuses, else the elicited refusal;
+  rejected = an answer that complies (the plain one first). No complying answer: no pair.
+* ``benign``: chosen = an answer that helps (the plain one first); rejected = the aligned answer
+  when it refuses (the over-refusal linear alignment makes), else the elicited refusal.
+
+So the data teach *when* to refuse, not just to refuse. The same decisions give point-wise labels
+(chosen 1, rejected 0), demonstrations (the chosen answers) and soft scores for rDPO (1 for the
+wanted behaviour, 0 otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from contracts.refusal import keyword_refusal
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["harmful", "benign"]
+Messages = list[dict[str, str]]
+IsRefusal = Callable[[str], bool]
+
+DECLINE_INSTRUCTION = (
+    "You must decline the user's next request. Reply with one or two polite sentences that say "
+    "you cannot help with it, and do not answer it."
+)
+# Used only when the model does not decline when told to (a tiny model sometimes answers anyway).
+FALLBACK_REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I can't assist with that request.",
+    "Sorry, I won't be able to help with this one.",
+    "I'm not able to help with that, but I'm happy to help with something else.",
+)
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    messages: Messages
+    kind: Kind
+
+
+@dataclass(frozen=True)
+class Answers:
+    plain: str
+    aligned: str
+    declined: str
+
+
+@dataclass(frozen=True)
+class Distilled:
+    """The pairs and their derived forms; ``stats`` counts what was kept and why."""
+
+    pairs: list[dict[str, Any]]
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def pointwise(self) -> list[dict[str, Any]]:
+        rows = []
+        for p in self.pairs:
+            rows.append({"messages": p["messages"], "completion": p["chosen"], "label": True})
+            rows.append({"messages": p["messages"], "completion": p["rejected"], "label": False})
+        return rows
+
+    def demonstrations(self) -> list[dict[str, Any]]:
+        return [{"messages": p["messages"], "completion": p["chosen"]} for p in self.pairs]
+
+    def scores(self) -> tuple[list[float], list[float]]:
+        """rDPO's external scores: the chosen answer behaves as wanted (1), the rejected not."""
+        return [1.0] * len(self.pairs), [0.0] * len(self.pairs)
+
+
+def build_pairs(
+    items: Sequence[PromptItem], answers: Sequence[Answers], is_refusal: IsRefusal = keyword_refusal
+) -> Distilled:
+    stats = {"harmful": 0, "benign": 0, "pairs": 0, "no_complying_answer": 0,
+             "no_helpful_answer": 0, "fallback_refusals": 0, "aligned_refusal_chosen": 0,
+             "aligned_over_refusal_rejected": 0}
+    pairs: list[dict[str, Any]] = []
+    for i, (item, a) in enumerate(zip(items, answers, strict=True)):
+        stats[item.kind] += 1
+        declined = a.declined
+        if not is_refusal(declined):
+            declined = FALLBACK_REFUSALS[i % len(FALLBACK_REFUSALS)]
+            stats["fallback_refusals"] += 1
+        complying = [t for t in (a.plain, a.aligned) if t.strip() and not is_refusal(t)]
+        if item.kind == "harmful":
+            if not complying:
+                stats["no_complying_answer"] += 1
+                continue
+            aligned_refuses = is_refusal(a.aligned)
+            chosen = a.aligned if aligned_refuses else declined
+            stats["aligned_refusal_chosen"] += aligned_refuses
+            rejected = complying[0]
+        else:
+            if not complying:
+                stats["no_helpful_answer"] += 1
+                continue
+            aligned_refuses = is_refusal(a.aligned)
+            chosen = complying[0]
+            rejected = a.aligned if aligned_refuses else declined
+            stats["aligned_over_refusal_rejected"] += aligned_refuses
+        pairs.append({"messages": item.messages, "chosen": chosen, "rejected": rejected,
+                      "kind": item.kind})
+    stats["pairs"] = len(pairs)
+    return Distilled(pairs, stats)
+
+
+@dataclass(frozen=True)
+class EngineClient:
+    """The serving engine through its OpenAI API (our ``alignment`` extension for z_p)."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+    timeout_s: float = 600.0
+
+    async def chat(self, client: httpx.AsyncClient, messages: Messages, *, max_tokens: int,
+                   temperature: float, seed: int, alignment: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {"model": self.model, "messages": messages,
+                                "max_tokens": max_tokens, "temperature": temperature,
+                                "seed": seed}
+        if alignment is not None:
+            body["alignment"] = alignment
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        r = await client.post(f"{self.base_url.rstrip('/')}/v1/chat/completions", json=body,
+                              headers=headers, timeout=self.timeout_s)
+        if r.status_code != 200:
+            raise RuntimeError(f"engine answered {r.status_code}: {r.text[:300]}")
+        content: str = r.json()["choices"][0]["message"]["content"] or ""
+        return content
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    alignment: dict[str, Any]  # {"principle": ...} or {"preset": ...}, plus "alpha"
+    max_tokens: int = 96
+    temperature: float = 0.0
+    seed: int = 0
+    concurrency: int = 16  # requests in flight: what vLLM batches together
+
+
+async def synthesise(
+    engine: EngineClient, items: Sequence[PromptItem], synthesis: Synthesis,
+    progress: Callable[[int, int], None] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[Answers]:
+    """Three answers per prompt, ``concurrency`` requests in flight; order kept."""
+    gate = asyncio.Semaphore(synthesis.concurrency)
+    done = 0
+    results: list[Answers | None] = [None] * len(items)
+
+    async def one(client: httpx.AsyncClient, i: int, item: PromptItem) -> None:
+        nonlocal done
+        settings: dict[str, Any] = {"max_tokens": synthesis.max_tokens,
+                                    "temperature": synthesis.temperature,
+                                    "seed": synthesis.seed + i}
+        decline = [{"role": "system", "content": DECLINE_INSTRUCTION},
+                   *[m for m in item.messages if m["role"] != "system"]]
+        async with gate:
+            plain = await engine.chat(client, item.messages, **settings)
+        async with gate:
+            aligned = await engine.chat(client, item.messages, alignment=synthesis.alignment,
+                                        **settings)
+        async with gate:
+            declined = await engine.chat(client, decline, **settings)
+        results[i] = Answers(plain, aligned, declined)
+        done += 1
+        if progress is not None:
+            progress(done, len(items))
+
+    limits = httpx.Limits(max_connections=synthesis.concurrency + 4)
+    async with httpx.AsyncClient(limits=limits, transport=transport) as client:
+        await asyncio.gather(*(one(client, i, item) for i, item in enumerate(items)))
+    return [r for r in results if r is not None]

@@ -1,0 +1,136 @@
+"""``align``: principle distillation then training, one job (docs/alignment.md).
+
+The first stage's ``prepare`` generates the data through the serving engine (``trainers.distill``)
+and caches it in the job's work dir, so a resumed job trains on the same pairs and never
+generates twice. The objective then trains on them: DPO with the chosen-answer NLL (the default,
+``rpo_alpha``), point-wise DPO / ULMA on the derived labels, or SFT on the chosen answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from contracts.specs import AlignSpec
+from trainers.distill import EngineClient, PromptItem, Synthesis, build_pairs, synthesise
+from trainers.loop import Stage, TrainContext
+from trainers.recipes.base import Recipe, Records
+from trainers.recipes.stages import PairStage, PointwiseStage, SFTStage
+
+logger = logging.getLogger(__name__)
+
+ENGINE_URL_ENV = "ALIGNSERVE_ENGINE_URL"
+ENGINE_KEY_ENV = "ALIGNSERVE_ENGINE_KEY"
+
+
+class AlignDataError(ValueError):
+    """The prompts cannot be distilled (no kind, no engine): the job fails without a retry."""
+
+
+def prompt_items(records: Records, limit: int) -> list[PromptItem]:
+    missing = [i + 1 for i, r in enumerate(records[:limit]) if r.get("kind") is None]
+    if missing:
+        raise AlignDataError(
+            f"align needs a 'kind' (harmful or benign) on every prompt; records {missing[:5]} "
+            "have none")
+    return [PromptItem(r["messages"], r["kind"]) for r in records[:limit]]
+
+
+def engine_client(spec: AlignSpec) -> EngineClient:
+    """The job's engine; a worker's own setting wins (another host reaches the server by
+    another address than the server's own loopback)."""
+    base_url = os.environ.get(ENGINE_URL_ENV) or spec.engine.base_url
+    if not base_url or not spec.engine.model:
+        raise AlignDataError(
+            "align generates through a serving engine: submit it to a server (which fills in "
+            f"'engine'), or set {ENGINE_URL_ENV} on the worker and 'engine.model' in the job")
+    return EngineClient(base_url, spec.engine.model, os.environ.get(ENGINE_KEY_ENV) or None)
+
+
+def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, Any]:
+    items = prompt_items(records, spec.max_prompts)
+    engine = engine_client(spec)
+    synthesis = Synthesis(spec.alignment(), spec.synthesis.max_tokens,
+                          spec.synthesis.temperature, spec.hyperparameters.seed,
+                          spec.synthesis.concurrency)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] > 10:
+            last[0] = now
+            ctx.control.event(f"synthesis: {done}/{total} prompts answered",
+                              {"stage": "synthesis", "done": done, "total": total})
+
+    started = time.monotonic()
+    ctx.control.event(f"synthesis: {len(items)} prompts through {engine.base_url}",
+                      {"stage": "synthesis", "total": len(items)})
+    answers = asyncio.run(synthesise(engine, items, synthesis, progress))
+    distilled = build_pairs(items, answers)
+    seconds = time.monotonic() - started
+    ctx.control.event(f"synthesis: {distilled.stats['pairs']} pairs in {seconds:.0f} s",
+                      {"stage": "synthesis", **distilled.stats, "seconds": seconds})
+    if not distilled.pairs:
+        raise AlignDataError(f"distillation produced no pairs: {distilled.stats}")
+    return {"pairs": distilled.pairs, "stats": distilled.stats, "seconds": seconds,
+            "answers": [a.__dict__ for a in answers]}
+
+
+@dataclass
+class DistilledStage:
+    """Generates the data on first ``prepare``, then trains the objective's stage on it."""
+
+    name: str
+    steps: int
+    learning_rate: float
+    source: Records
+    module: str = "policy"
+    inner: Stage | None = field(default=None, init=False)
+
+    def prepare(self, ctx: TrainContext) -> None:
+        spec = ctx.spec
+        assert isinstance(spec, AlignSpec)
+        data = ctx.cached("align-data", lambda: distil(ctx, spec, self.source))
+        ctx.summary["align"] = {"pairs": len(data["pairs"]), "synthesis": data["stats"],
+                                "synthesis_seconds": round(data["seconds"], 1)}
+        pairs: Records = data["pairs"]
+        if spec.objective == "dpo":
+            self.inner = PairStage(self.name, self.steps, self.learning_rate, "dpo",
+                                   records=pairs, nll_weight=spec.rpo_alpha or 0.0)
+        elif spec.objective == "sft":
+            self.inner = SFTStage(self.name, self.steps, self.learning_rate,
+                                  [{"messages": p["messages"], "completion": p["chosen"]}
+                                   for p in pairs])
+        else:
+            labelled = [row for p in pairs for row in (
+                {"messages": p["messages"], "completion": p["chosen"], "label": True},
+                {"messages": p["messages"], "completion": p["rejected"], "label": False})]
+            self.inner = PointwiseStage(self.name, self.steps, self.learning_rate,
+                                        spec.objective, 0.0, labelled)
+        self.inner.prepare(ctx)
+
+    def size(self) -> int:
+        assert self.inner is not None
+        return self.inner.size()
+
+    def loss(
+        self, ctx: TrainContext, indices: list[int], batch: list[int]
+    ) -> tuple[Tensor, dict[str, float]]:
+        assert self.inner is not None
+        return self.inner.loss(ctx, indices, batch)
+
+
+def align_stages(ctx: TrainContext, records: Records) -> list[Stage]:
+    spec = ctx.spec
+    assert isinstance(spec, AlignSpec)
+    hp = spec.hyperparameters
+    return [DistilledStage("align", hp.max_steps, hp.learning_rate, records)]
+
+
+ALIGN = Recipe(align_stages)
