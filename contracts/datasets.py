@@ -12,7 +12,7 @@ Formats (one JSON object per line):
 * ``pointwise``: ``prompt``/``messages``, ``completion``, ``label`` (bool, or a number for
   continuous labels).
 * ``demonstrations``: ``prompt``/``messages``, ``completion``.
-* ``prompts``: ``prompt``/``messages``.
+* ``prompts``: ``prompt``/``messages``; optional ``kind``: ``harmful`` or ``benign`` (``align``).
 
 Every stored record carries ``messages`` (a prompt string becomes one user message; OpenAI's
 ``developer`` role becomes ``system``, and content given as a list of text parts is joined). A
@@ -52,6 +52,7 @@ METHOD_FORMATS: dict[str, tuple[str, ...]] = {
     "rdpo": ("prompts", "pairs", "demonstrations"),
     "ld_align": ("demonstrations",),
     "afd": ("demonstrations",),
+    "align": ("prompts",),
 }
 
 
@@ -204,8 +205,18 @@ def _demonstrations(rec: dict[str, Any], line: int) -> dict[str, Any]:
     return {"messages": _prompt(rec, line), "completion": _text(rec, "completion", line)}
 
 
+PROMPT_KINDS = ("harmful", "benign")
+
+
 def _prompts(rec: dict[str, Any], line: int) -> dict[str, Any]:
-    return {"messages": _prompt(rec, line)}
+    """``kind`` (optional): ``harmful`` or ``benign``, what principle distillation (``align``)
+    needs to know which behaviour a prompt calls for."""
+    out: dict[str, Any] = {"messages": _prompt(rec, line)}
+    if "kind" in rec:
+        if rec["kind"] not in PROMPT_KINDS:
+            raise DatasetError(f"must be one of {', '.join(PROMPT_KINDS)}", line, "kind")
+        out["kind"] = rec["kind"]
+    return out
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any], int], dict[str, Any]]] = {
