@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from align_core import DISTANCE_METRICS, PAIR_LOSSES, POINTWISE_LOSSES, WEIGHTINGS
-from contracts.datasets import METHOD_FORMATS
+from contracts.datasets import FORMATS, METHOD_FORMATS
 from contracts.specs import METHODS, JobSpec
 
 
@@ -47,6 +47,7 @@ def _job_schema() -> dict[str, Any]:
         "methods": list(METHODS),
         # A method trains only on datasets stored in these formats (POST /admin/v1/jobs checks).
         "formats": {m: list(f) for m, f in METHOD_FORMATS.items()},
+        "dataset_formats": list(FORMATS),  # what an upload may declare (or leave to detection)
         "schema": schema,
     }
 
