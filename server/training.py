@@ -20,12 +20,40 @@ from contracts.datasets import (
     DatasetTooLargeError,
     import_dataset,
     import_path,
+    remove_files,
 )
-from contracts.specs import parse_spec, total_steps
-from contracts.store import TERMINAL, CheckpointRecord, DatasetRecord, Event, Job, JobStore
-from server.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from contracts.specs import AlignSpec, parse_spec, total_steps
+from contracts.store import (
+    TERMINAL,
+    CheckpointRecord,
+    DatasetInUse,
+    DatasetRecord,
+    Event,
+    Job,
+    JobStore,
+)
+from server.auth import Scope
+from server.errors import ConflictError, InvalidRequestError, NotFoundError, PayloadTooLargeError
+from server.names import is_name
 
 logger = logging.getLogger(__name__)
+
+MAX_LIST_LIMIT = 1000  # ``?limit=`` on job and checkpoint lists: 1..MAX_LIST_LIMIT
+# One answer for every path the import refuses, whether or not it exists: the API must not
+# become a way to probe the server's file system.
+OUTSIDE_IMPORT_DIR = (
+    "'path' must name a file inside the server's import folder (ALIGNSERVE_IMPORT_DIR); "
+    "give it relative to that folder"
+)
+
+
+def check_limit(limit: int) -> int:
+    """A list limit in range, else a 400 naming ``limit`` (SQLite overflows past 2**63)."""
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidRequestError(
+            f"limit must be between 1 and {MAX_LIST_LIMIT}", param="limit", code="invalid_limit"
+        )
+    return limit
 
 
 def dataset_view(d: DatasetRecord) -> dict[str, Any]:
@@ -59,6 +87,14 @@ class TrainingService:
     home: Path
     base_model: str | None = None
     max_dataset_bytes: int = DEFAULT_MAX_BYTES
+    import_dir: Path | None = None  # ``{"path": ...}`` imports; None: <home>/imports
+    # The base model's name in requests: OpenAI-shaped views show it, not the folder.
+    served_name: str | None = None
+    # The key scope that may use /v1/files and /v1/fine_tuning (ALIGNSERVE_FINE_TUNING_SCOPE).
+    fine_tuning_scope: Scope = Scope.USER
+    # Where align jobs' workers reach this server's OpenAI API (ALIGNSERVE_ENGINE_URL, else the
+    # server's own bind address).
+    engine_url: str | None = None
 
     # -- datasets -----------------------------------------------------------------------------
     def upload(self, data: bytes, fmt: str | None, filename: str | None) -> DatasetRecord:
@@ -66,8 +102,27 @@ class TrainingService:
             self.store, self.home, data, fmt, filename, self.max_dataset_bytes))
 
     def import_server_path(self, path: str, fmt: str | None) -> DatasetRecord:
+        resolved = self._inside_import_dir(path)
         return self._guard(lambda: import_path(
-            self.store, self.home, Path(path), fmt, self.max_dataset_bytes))
+            self.store, self.home, resolved, fmt, self.max_dataset_bytes))
+
+    @property
+    def import_root(self) -> Path:
+        return (self.import_dir or self.home / "imports").expanduser()
+
+    def _inside_import_dir(self, raw: str) -> Path:
+        """``raw`` (absolute, or relative to the import folder) with every symlink resolved, if
+        that lies inside the import folder; a ``..`` or a link that leads out is refused with
+        the same message as a file outside it."""
+        root = self.import_root.resolve()
+        try:
+            resolved = (root / Path(raw).expanduser()).resolve()
+        except (OSError, RuntimeError, ValueError):  # NUL byte, symlink loop, unknown ~user
+            resolved = None
+        if resolved is None or resolved == root or not resolved.is_relative_to(root):
+            logger.warning("dataset import outside %s refused: %r", root, raw[:200])
+            raise InvalidRequestError(OUTSIDE_IMPORT_DIR, param="path", code="path_not_allowed")
+        return resolved
 
     @staticmethod
     def _guard(action: Any) -> DatasetRecord:
@@ -84,14 +139,42 @@ class TrainingService:
     def datasets(self) -> list[DatasetRecord]:
         return self.store.list_datasets()
 
+    def dataset(self, dataset_id: str, param: str = "file_id") -> DatasetRecord:
+        known = 0 < len(dataset_id) <= 256 and dataset_id.isprintable()  # else no id of ours
+        record = self.store.get_dataset(dataset_id) if known else None
+        if record is None:
+            raise NotFoundError(f"No such file: {dataset_id!r}", param=param,
+                                code="file_not_found")
+        return record
+
+    def delete_dataset(self, dataset_id: str) -> DatasetRecord:
+        """Remove a dataset and its files; 409 while a queued, running or paused job uses it
+        (its worker still has to read it)."""
+        self.dataset(dataset_id)
+        try:
+            record = self.store.delete_dataset(dataset_id)
+        except DatasetInUse as e:
+            raise ConflictError(f"file {dataset_id} is used by fine-tuning jobs that have not "
+                                f"finished: {', '.join(e.job_ids)}; cancel them or wait",
+                                param="file_id", code="file_in_use") from None
+        if record is None:  # deleted by another request meanwhile
+            raise NotFoundError(f"No such file: {dataset_id!r}", param="file_id",
+                                code="file_not_found")
+        remove_files(record)
+        logger.info("dataset %s deleted", dataset_id)
+        return record
+
     # -- jobs ---------------------------------------------------------------------------------
-    def create_job(self, body: Any) -> Job:
+    def create_job(self, body: Any, job_id: str | None = None) -> Job:
         try:
             spec = parse_spec(body)
         except ValidationError as e:
             message, param = _validation_message(e)
             raise InvalidRequestError(message, param=param, code="invalid_job") from None
-        dataset = self.store.get_dataset(spec.dataset)
+        if spec.model is not None and not spec.model.isprintable():  # a path: no NUL in it
+            raise InvalidRequestError("model must not contain control characters",
+                                      param="model", code="invalid_job")
+        dataset = self.store.get_dataset(spec.dataset) if is_name(spec.dataset) else None
         if dataset is None:
             raise InvalidRequestError(f"dataset {spec.dataset!r} does not exist",
                                       param="dataset", code="dataset_not_found")
@@ -104,19 +187,32 @@ class TrainingService:
             if self.base_model is None:
                 raise InvalidRequestError("no base model is served; give 'model'", param="model")
             spec.model = self.base_model
-        job = self.store.create_job(spec.method, spec.model_dump(mode="json"), total_steps(spec))
+        if isinstance(spec, AlignSpec):
+            self._fill_engine(spec)
+        job = self.store.create_job(spec.method, spec.model_dump(mode="json"), total_steps(spec),
+                                    job_id=job_id)
         logger.info("job %s queued: %s on %s", job.id, spec.method, spec.dataset)
         return job
 
+    def _fill_engine(self, spec: AlignSpec) -> None:
+        """An ``align`` job generates through this server's engine unless it names another."""
+        spec.engine.base_url = spec.engine.base_url or self.engine_url
+        spec.engine.model = spec.engine.model or self.served_name
+        if not spec.engine.base_url or not spec.engine.model:
+            raise InvalidRequestError(
+                "align generates its data through a serving engine and this server does not "
+                "know its own URL; give engine.base_url and engine.model",
+                param="engine", code="invalid_job")
+
     def get_job(self, job_id: str) -> Job:
-        job = self.store.get_job(job_id)
+        job = self.store.get_job(job_id) if is_name(job_id) else None
         if job is None:
             raise NotFoundError(f"job {job_id!r} does not exist", param="job_id",
                                 code="job_not_found")
         return job
 
     def jobs(self, limit: int = 100) -> list[Job]:
-        return self.store.list_jobs(limit=limit)
+        return self.store.list_jobs(limit=check_limit(limit))
 
     def job_view(self, job: Job) -> dict[str, Any]:
         view = job.public()
@@ -131,6 +227,29 @@ class TrainingService:
         assert updated is not None
         return updated
 
+    def pause(self, job_id: str) -> Job:
+        """A queued job pauses at once, a running one at its next step (after a resume point)."""
+        job = self.get_job(job_id)
+        if job.status not in ("queued", "running", "paused"):
+            raise ConflictError(f"job {job_id} is {job.status}; only a queued or running job "
+                                "can be paused", param="job_id", code="invalid_job_state")
+        if job.status == "running" and job.cancel_requested:
+            raise ConflictError(f"job {job_id} is being cancelled", param="job_id",
+                                code="invalid_job_state")
+        updated = self.store.request_pause(job_id)
+        assert updated is not None
+        return updated
+
+    def resume(self, job_id: str) -> Job:
+        """A paused job is queued again and continues from its last resume point."""
+        job = self.get_job(job_id)
+        if job.status != "paused" and not (job.status == "running" and job.pause_requested):
+            raise ConflictError(f"job {job_id} is {job.status}, not paused", param="job_id",
+                                code="invalid_job_state")
+        updated = self.store.resume(job_id)
+        assert updated is not None
+        return updated
+
     def events(self, job_id: str, after: int = 0) -> list[Event]:
         return self.store.events(job_id, after)
 
@@ -139,5 +258,7 @@ class TrainingService:
         return self.store.metrics(job_id)
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def checkpoints(self) -> list[CheckpointRecord]:
-        return self.store.list_checkpoints()
+    def checkpoints(self, limit: int | None = None) -> list[CheckpointRecord]:
+        """Newest first; all of them, or the newest ``limit``."""
+        records = self.store.list_checkpoints()
+        return records if limit is None else records[: check_limit(limit)]

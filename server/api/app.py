@@ -9,20 +9,24 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
 from contracts.deployments import DeploymentStore
 from server.alignment import build_presets
+from server.api.admin_align import router as align_router
 from server.api.admin_deployments import router as deployments_router
 from server.api.admin_jobs import router as admin_jobs_router
-from server.api.errors import error_response, install_error_handlers
+from server.api.edge import EdgeMiddleware
+from server.api.errors import install_error_handlers
+from server.api.files import router as files_router
 from server.api.fine_tuning import router as fine_tuning_router
 from server.api.generation import GenerationService
+from server.api.lifecycle import Startup, health_response
 from server.api.openai_routes import router as openai_router
 from server.api.rewards import router as rewards_router
 from server.auth import KeyRing
 from server.console.routes import router as console_router
 from server.engine.base import Engine
+from server.engine.watchdog import HealthCollector
 from server.metrics import Metrics
 from server.training import TrainingService
 from server.workers import WorkerPool
@@ -41,10 +45,15 @@ def create_app(
     replica_id: str = "local",
     reconcile_interval_s: float = 1.0,
     workers: WorkerPool | None = None,
+    tool_parser: str | None = None,
+    public_docs: bool = False,
 ) -> FastAPI:
     """Build the service around ``engine``. The engine starts with the app and stops with it;
     so do the training ``workers`` (uvicorn re-raises SIGTERM after the app's shutdown, so code
     after ``uvicorn.run`` never runs on a SIGTERM: stopping them belongs here).
+
+    ``/openapi.json``, ``/docs`` and ``/redoc`` need an admin key unless ``public_docs``
+    (docs/security.md).
 
     Deployments need ``home`` (checkpoints), an engine that can deploy, and ``store``, the
     shared desired state every replica reconciles to under its ``replica_id``.
@@ -52,32 +61,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if start_engine:
-            await engine.start()
+        # The port opens as soon as this yields: the engine loads, then the live deployments
+        # are restored, in the background (server/api/lifecycle.py); /health says which.
+        startup: Startup = app.state.startup
         if workers is not None:
             workers.start()
-        tasks: list[asyncio.Task[None]] = []
-        deployments = app.state.deployments
-        if deployments is not None and store is not None:
-            from server.reconciler import Reconciler
-
-            reconciler = Reconciler(deployments, store, reconcile_interval_s)
-            try:  # before taking requests: a restarted replica serves what is live right away
-                await reconciler.poll()
-            except Exception:
-                logger.exception("deployments not reconciled at start; retrying in the background")
-            tasks.append(asyncio.create_task(reconciler.run()))
-            app.state.reconciler = reconciler
-        if training is not None and deployments is not None:
-            from server.auto_deploy import AutoDeployer
-
-            tasks.append(asyncio.create_task(AutoDeployer(training, deployments).run()))
+        startup.begin()
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await startup.stop()
             if workers is not None:  # SIGTERM lets each save a resume point
                 await asyncio.to_thread(workers.stop)
             await engine.shutdown()
@@ -94,9 +87,8 @@ def create_app(
         from server.best_of_n import RewardModels
 
         rewards = RewardModels(home, engine.model_path)
-    app.state.generation = GenerationService(engine, presets, metrics, rewards)
+    app.state.generation = GenerationService(engine, presets, metrics, rewards, tool_parser)
     app.state.deployments = None
-    app.state.reconciler = None
     if home is not None and engine.deployer is not None and store is not None:
         from server.deploy_service import DeploymentService
 
@@ -105,25 +97,30 @@ def create_app(
         )
     app.state.training = training  # job store + datasets; None: training routes answer 503
     install_error_handlers(app)
+    # Keys are checked here, before any body is read; the route dependencies check them again.
+    app.add_middleware(EdgeMiddleware, public_docs=public_docs)
     app.include_router(openai_router)
     app.include_router(console_router)  # before admin_jobs: /admin/v1/jobs/schema
     app.include_router(admin_jobs_router)
+    app.include_router(align_router)
     app.include_router(fine_tuning_router)
+    app.include_router(files_router)
     app.include_router(deployments_router)
     app.include_router(rewards_router)
 
+    startup = Startup(
+        engine, start_engine=start_engine, deployments=app.state.deployments, store=store,
+        reconcile_interval_s=reconcile_interval_s, training=training,
+    )
+    app.state.startup = startup  # the CLI sets startup.on_failure (exit 1)
+    metrics.registry.register(HealthCollector(startup.health))
+
     @app.get("/health")
     async def health() -> Response:
-        if not engine.ready:
-            return error_response(
-                503,
-                "the engine is not ready",
-                "server_error",
-                code="service_unavailable",
-                headers={"Retry-After": "5"},
-            )
+        """200 when the engine serves; 503 while it starts (``Retry-After``), when it stalled,
+        died, failed to start or shuts down, with the reason and since when."""
         stats = engine.stats()
-        return JSONResponse({"status": "ok", "running": stats.running, "waiting": stats.waiting})
+        return health_response(startup.health(), stats.running, stats.waiting)
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:

@@ -1,0 +1,254 @@
+"""The alignment loop end to end, and the ablation of docs/alignment.md, on one machine.
+
+One server (the embedded model, one training worker) does everything through its own APIs:
+
+1. ``align``: the built-in training prompts (``server.align_prompts``: harmful and benign
+   requests no evaluation suite asks), principle distillation through the engine, then the
+   default objective; the checkpoint is deployed as an adapter. Stage times come from the job's
+   events and metrics.
+2. Ablation (``--variants``): the same distilled pairs (read from the align job's work dir) as
+   datasets, and one job per variant (objective, rpo_alpha, LoRA placement/rank, learning rate,
+   steps, data size), each deployed under its own name.
+3. Evaluation on the dev suites (``harmful``, ``helpful``, ``benign_sensitive``; prompts no
+   training used) of: base, principle in the prompt, linear alignment, every adapter plainly,
+   and the default adapter with linear alignment at a small alpha.
+
+    .venv/bin/python bench/align_loop.py --home /tmp/align-home --output bench/results/align
+
+Rates are behaviour, not speed: they do not need an idle machine. Stage times do; the script
+records the machine's load next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.common import ServerProcess, busy_cores, setup_logging, write_json  # noqa: E402
+from server.align_prompts import to_jsonl, training_prompts  # noqa: E402
+
+logger = logging.getLogger("bench.align_loop")
+USER, ADMIN = "bench-user", "bench-admin"
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+MLP = ["gate_proj", "up_proj", "down_proj"]
+
+# name -> (method, dataset form, spec overrides). The default recipe is the align job itself.
+VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "dpo": ("dpo", "pairs", {}),
+    "dpo+nll0.5": ("dpo", "pairs", {"rpo_alpha": 0.5}),
+    "dpo+nll2": ("dpo", "pairs", {"rpo_alpha": 2.0}),
+    "dpo+nll1 attn-only": ("dpo", "pairs", {
+        "rpo_alpha": 1.0, "lora": {"r": 8, "alpha": 16, "target_modules": ATTENTION}}),
+    "dpo+nll1 lr5e-5": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 5e-5}),
+    "dpo+nll1 half data": ("dpo", "pairs", {"rpo_alpha": 1.0, "fraction": 0.5}),
+    "sft": ("ulma", "pointwise", {"sft_only": True}),
+    "ulma": ("ulma", "pointwise", {}),
+    "pointwise_dpo": ("pointwise_dpo", "pointwise", {}),
+    "rdpo": ("rdpo", "pairs", {}),
+    "ld_align": ("ld_align", "demonstrations", {}),
+    "afd": ("afd", "demonstrations", {}),
+}
+
+
+class Admin:
+    def __init__(self, base_url: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=120,
+                                 headers={"Authorization": f"Bearer {ADMIN}"})
+
+    def upload(self, name: str, data: bytes, fmt: str) -> str:
+        r = self.http.post("/admin/v1/datasets", files={"file": (name, data)},
+                           data={"format": fmt})
+        r.raise_for_status()
+        return str(r.json()["id"])
+
+    def submit(self, spec: dict[str, Any]) -> str:
+        r = self.http.post("/admin/v1/jobs", json=spec)
+        if r.status_code != 200:
+            raise RuntimeError(f"job refused: {r.status_code} {r.text}")
+        return str(r.json()["id"])
+
+    def wait(self, job_id: str, timeout_s: float = 7200) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job: dict[str, Any] = self.http.get(f"/admin/v1/jobs/{job_id}").json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                if job["status"] != "succeeded":
+                    raise RuntimeError(f"job {job_id} {job['status']}: {job.get('error')}")
+                return job
+            time.sleep(5)
+        raise TimeoutError(job_id)
+
+    def wait_live(self, name: str, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            names = [m["id"] for m in self.http.get("/v1/models").json()["data"]]
+            if name in names:
+                return
+            time.sleep(2)
+        raise TimeoutError(f"{name} never went live")
+
+
+def lora(spec: dict[str, Any]) -> dict[str, Any]:
+    return spec.get("lora") or {"r": 8, "alpha": 16, "target_modules": ATTENTION + MLP}
+
+
+def variant_spec(name: str, dataset: str, args: argparse.Namespace,
+                 overrides: dict[str, Any]) -> dict[str, Any]:
+    method = VARIANTS[name][0]
+    hp = {"max_steps": args.steps, "batch_size": args.batch_size,
+          "learning_rate": overrides.get("lr", args.lr), "max_length": 384,
+          "max_prompt_length": 192, "checkpoint_every": 1000, "seed": args.seed}
+    spec: dict[str, Any] = {"method": method, "dataset": dataset, "lora": lora(overrides),
+                            "hyperparameters": hp, "deploy": {"name": slug(name)}}
+    if "rpo_alpha" in overrides:
+        spec["rpo_alpha"] = overrides["rpo_alpha"]
+    if overrides.get("sft_only"):
+        spec["loss"] = "ulma"  # positives only below: ULMA's SFT term alone
+    return spec
+
+
+def slug(name: str) -> str:
+    return "ab-" + "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def derived_datasets(admin: Admin, pairs: list[dict[str, Any]]) -> dict[str, str]:
+    def jsonl(rows: list[dict[str, Any]]) -> bytes:
+        return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+    pair_rows = [{"messages": p["messages"], "chosen": p["chosen"], "rejected": p["rejected"]}
+                 for p in pairs]
+    point = [row for p in pairs for row in (
+        {"messages": p["messages"], "completion": p["chosen"], "label": True},
+        {"messages": p["messages"], "completion": p["rejected"], "label": False})]
+    positives = [r for r in point if r["label"]]
+    demos = [{"messages": p["messages"], "completion": p["chosen"]} for p in pairs]
+    half = pair_rows[: len(pair_rows) // 2]
+    return {
+        "pairs": admin.upload("pairs.jsonl", jsonl(pair_rows), "pairs"),
+        "pairs-half": admin.upload("pairs-half.jsonl", jsonl(half), "pairs"),
+        "pointwise": admin.upload("pointwise.jsonl", jsonl(point), "pointwise"),
+        "positives": admin.upload("positives.jsonl", jsonl(positives), "pointwise"),
+        "demonstrations": admin.upload("demos.jsonl", jsonl(demos), "demonstrations"),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    home = Path(args.home)
+    home.mkdir(parents=True, exist_ok=True)
+    env = {"ALIGNSERVE_HOME": str(home), "ALIGNSERVE_API_KEYS": USER,
+           "ALIGNSERVE_ADMIN_KEYS": ADMIN, "ALIGNSERVE_ENGINE_KEY": USER,
+           "ALIGNSERVE_WORKERS": "1", "ALIGNSERVE_KV_CACHE_GIB": "3",
+           "ALIGNSERVE_STORE_URL": f"sqlite:///{home / 'jobs.db'}"}
+    server = ServerProcess("align", [sys.executable, "-m", "server.cli", "serve", "--port",
+                                     "{port}"], env=env)
+    server.start(timeout_s=600)
+    result: dict[str, Any] = {"args": vars(args), "machine_busy_cores_at_start": busy_cores()}
+    try:
+        admin = Admin(server.base_url)
+        model = admin.http.get("/v1/models").json()["data"][0]["id"]
+        rows = training_prompts(home, args.prompts, args.seed)
+        prompts = admin.upload("prompts.jsonl", to_jsonl(rows), "prompts")
+        started = time.monotonic()
+        spec = {"method": "align", "dataset": prompts, "preset": args.preset,
+                "alpha": args.la_alpha, "rpo_alpha": args.rpo_alpha, "objective": "dpo",
+                "lora": lora({}), "engine": {"base_url": server.base_url, "model": model},
+                "hyperparameters": {"max_steps": args.steps, "batch_size": args.batch_size,
+                                    "learning_rate": args.lr, "max_length": 384,
+                                    "max_prompt_length": 192, "checkpoint_every": 1000,
+                                    "seed": args.seed},
+                "deploy": {"name": "aligned"}}
+        job_id = admin.submit(spec)
+        job = admin.wait(job_id)
+        admin.wait_live("aligned")
+        loop_s = time.monotonic() - started
+        data = torch.load(home / "jobs" / job_id / "align-data.pt", weights_only=False)
+        result["align"] = {"job": job_id, "loop_s": loop_s, "synthesis_s": data["seconds"],
+                           "synthesis": data["stats"], "summary": job.get("summary")}
+        logger.info("align job %s done in %.0f s: %s", job_id, loop_s, data["stats"])
+        adapters = ["aligned"]
+        if args.variants:
+            sets = derived_datasets(admin, data["pairs"])
+            for name in args.variants:
+                _, form, overrides = VARIANTS[name]
+                dataset = sets["pairs-half" if overrides.get("fraction") else
+                               "positives" if overrides.get("sft_only") else form]
+                t0 = time.monotonic()
+                vjob = admin.wait(admin.submit(variant_spec(name, dataset, args, overrides)))
+                admin.wait_live(slug(name))
+                result.setdefault("variants", {})[name] = {
+                    "job": vjob["id"], "seconds": time.monotonic() - t0}
+                adapters.append(slug(name))
+        result["eval"] = evaluate(server.base_url, home, model, adapters, args)
+    finally:
+        server.stop()
+    return result
+
+
+def evaluate(base_url: str, home: Path, model: str, adapters: list[str],
+             args: argparse.Namespace) -> dict[str, Any]:
+    from server.evaluation.configs import EvalConfig, SamplingParams
+    from server.evaluation.evaluate import EvalPlan, build_scorers
+    from server.evaluation.evaluate import evaluate as run_eval
+    from server.evaluation.runner import OpenAIGenerator
+    from server.evaluation.suites import load_suite
+
+    principle = {"preset": args.preset}
+    configs = [EvalConfig("base", model),
+               EvalConfig("principle in prompt", model, {**principle, "alpha": 0.0}),
+               EvalConfig(f"LA alpha={args.la_alpha:g}", model,
+                          {**principle, "alpha": args.la_alpha})]
+    configs += [EvalConfig(a, a) for a in adapters]
+    configs.append(EvalConfig(f"aligned + LA alpha={args.small_alpha:g}", "aligned",
+                              {**principle, "alpha": args.small_alpha}))
+    suites = {s: load_suite(s, home, args.eval_limit) for s in
+              ("harmful", "helpful", "benign_sensitive")}
+    plan = EvalPlan(configs=tuple(configs), suites=suites,
+                    sampling=SamplingParams(args.max_tokens, 0.0, 1.0, 0),
+                    output=Path(args.output) / "eval", concurrency=16,
+                    meta={"command": " ".join(sys.argv)})
+    scorers = build_scorers(home, logger.info)
+    report = asyncio.run(run_eval(plan, OpenAIGenerator.connect(f"{base_url}/v1", USER),
+                                  scorers, logger.info))
+    return {"results": report["results"], "table": str(Path(args.output) / "eval" / "results.md")}
+
+
+def main() -> int:
+    setup_logging()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--home", required=True)
+    p.add_argument("--output", default=str(REPO_ROOT / "bench" / "results" / "align"))
+    p.add_argument("--prompts", type=int, default=200)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--rpo-alpha", type=float, default=1.0)
+    p.add_argument("--preset", default="harmless")
+    p.add_argument("--la-alpha", type=float, default=1.0)
+    p.add_argument("--small-alpha", type=float, default=0.5)
+    p.add_argument("--eval-limit", type=int, default=60)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
+    args = p.parse_args()
+    os.makedirs(args.output, exist_ok=True)
+    result = run(args)
+    write_json(Path(args.output) / "align_loop.json", result)
+    logger.info("wrote %s", Path(args.output) / "align_loop.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The built-in training prompts of ``alignserve align``: harmful and benign requests that no
+evaluation suite asks (docs/alignment.md).
+
+* harmful: Do-Not-Answer requests after the ones the ``harmful`` suite reads. The suite
+  alternates HarmBench and Do-Not-Answer, so its first ``DEV_RESERVED`` items hold at most that
+  many of each; HarmBench is left out of training altogether because the ``jailbreak`` suite
+  wraps any of its requests in role-play templates.
+* benign: AlpacaEval instructions after the first ``DEV_RESERVED`` (the ``helpful`` suite reads
+  from the start), and the ``train`` split of our benign-but-sensitive set (the
+  ``benign_sensitive`` suite reads the ``dev`` split), so the data also teach what *not* to
+  refuse.
+
+Half the prompts are harmful and half benign; of the benign half, the benign-sensitive share is
+``sensitive_share``. Every prompt carries its ``kind`` and ``source``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from server.assets import ProgressFn
+from server.data_pull import pull_datasets
+from server.evaluation.suites import benign_sensitive_prompts
+
+DEV_RESERVED = 200  # evaluation suites never read past this many items of a pool
+
+
+def _prompts(path: Path) -> list[str]:
+    return [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def training_prompts(
+    home: Path, count: int, seed: int = 0, sensitive_share: float = 0.5,
+    progress: ProgressFn | None = None,
+) -> list[dict[str, Any]]:
+    """``count`` prompts, half harmful and half benign, shuffled with ``seed``."""
+    if count < 2:
+        raise ValueError("align needs at least 2 prompts (one harmful, one benign)")
+    paths = pull_datasets(home, names=("harmful_donotanswer", "helpful_alpacaeval"),
+                          progress=progress)
+    rng = random.Random(seed)
+    harmful = _prompts(paths["harmful_donotanswer"])[DEV_RESERVED:]
+    alpaca = _prompts(paths["helpful_alpacaeval"])[DEV_RESERVED:]
+    sensitive = [r["prompt"] for r in benign_sensitive_prompts("train")]
+    for pool in (harmful, alpaca, sensitive):
+        rng.shuffle(pool)
+    n_harmful = count // 2
+    n_sensitive = min(len(sensitive), round((count - n_harmful) * sensitive_share))
+    n_alpaca = count - n_harmful - n_sensitive
+    if n_harmful > len(harmful) or n_alpaca > len(alpaca):
+        raise ValueError(f"the built-in pools hold {len(harmful)} harmful and "
+                         f"{len(alpaca) + len(sensitive)} benign training prompts; asked for "
+                         f"{n_harmful} and {count - n_harmful}")
+    rows = ([{"prompt": p, "kind": "harmful", "source": "donotanswer"}
+             for p in harmful[:n_harmful]]
+            + [{"prompt": p, "kind": "benign", "source": "alpacaeval"} for p in alpaca[:n_alpaca]]
+            + [{"prompt": p, "kind": "benign", "source": "benign_sensitive"}
+               for p in sensitive[:n_sensitive]])
+    rng.shuffle(rows)
+    return rows
+
+
+def to_jsonl(rows: list[dict[str, Any]]) -> bytes:
+    """The prompts dataset file (``prompts`` format with ``kind``)."""
+    return "".join(json.dumps({"prompt": r["prompt"], "kind": r["kind"]}) + "\n"
+                   for r in rows).encode()

@@ -1,0 +1,104 @@
+"""``POST /admin/v1/align``: the whole loop in one request (docs/alignment.md).
+
+A principle (or preset) and prompts in; one ``align`` job out: synthesis through this server's
+engine, training, then, when the job succeeds, the evaluation gate and the deployment (the
+auto-deployer). The job is an ordinary job: ``GET /admin/v1/jobs/{id}`` and its events follow it,
+cancel stops it, a restart resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from contracts.specs import GateSpec
+from server.api.admin_jobs import Training, json_body
+from server.api.deps import AdminScope
+from server.errors import InvalidRequestError
+
+router = APIRouter()
+BUILTIN = "builtin"
+
+
+def default_gate() -> GateSpec:
+    """Refuse an adapter that over-refuses benign requests, or that is worse than what is live."""
+    return GateSpec(max_over_refusal=0.10, not_worse_than_live=True)
+
+
+class AlignRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    principle: str | None = Field(default=None, min_length=1, max_length=4000)
+    preset: str | None = Field(default=None, min_length=1, max_length=100)
+    alpha: float = Field(default=1.0, ge=0.0, le=50.0)
+    prompts: str = Field(
+        default=BUILTIN, min_length=1, max_length=200,
+        description="A 'prompts' dataset id whose records carry a kind, or 'builtin'.")
+    count: int = Field(default=200, ge=2, le=2000, description="Built-in prompts to use.")
+    name: str = Field(default="aligned", min_length=1, max_length=64,
+                      pattern=r"^[A-Za-z0-9._-]+$", description="Deployment name.")
+    deploy: bool = True
+    gate: GateSpec | None = Field(default_factory=default_gate)
+    objective: Literal["dpo", "ulma", "pointwise_dpo", "sft"] = "dpo"
+    rpo_alpha: float | None = Field(default=1.0, ge=0.0, le=100.0)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    lora: dict[str, Any] | None = None
+    seed: int = Field(default=0, ge=0, le=2**31)
+
+
+# What moved behaviour in the ablation (docs/alignment.md): LoRA on attention and MLP.
+DEFAULT_LORA: dict[str, Any] = {
+    "r": 8, "alpha": 16,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                       "down_proj"],
+}
+DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
+    "max_steps": 60, "batch_size": 4, "learning_rate": 2e-4, "max_length": 384,
+    "max_prompt_length": 192, "checkpoint_every": 20,
+}
+
+
+def job_spec(req: AlignRequest, dataset: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "method": "align", "dataset": dataset, "alpha": req.alpha, "objective": req.objective,
+        "rpo_alpha": req.rpo_alpha, "lora": req.lora or DEFAULT_LORA,
+        "hyperparameters": {**DEFAULT_HYPERPARAMETERS, "seed": req.seed,
+                            **req.hyperparameters},
+    }
+    if req.principle is not None:
+        spec["principle"] = req.principle
+    if req.preset is not None:
+        spec["preset"] = req.preset
+    if req.deploy:
+        gate = req.gate.model_dump() if req.gate is not None else None
+        spec["deploy"] = {"name": req.name, "mode": "adapter", "gate": gate}
+    return spec
+
+
+@router.post("/admin/v1/align")
+async def align(request: Request, _: AdminScope, training: Training) -> dict[str, Any]:
+    try:
+        req = AlignRequest.model_validate(await json_body(request))
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        raise InvalidRequestError(f"{param}: {first['msg']}", param=param) from None
+    if req.principle is not None and req.preset is not None:
+        raise InvalidRequestError("give 'principle' or 'preset', not both", param="principle")
+    presets = request.app.state.presets
+    if req.preset is not None and req.preset not in presets.names():
+        raise InvalidRequestError(f"unknown preset {req.preset!r}; valid: "
+                                  f"{', '.join(presets.names())}", param="preset")
+    dataset = req.prompts
+    if dataset == BUILTIN:
+        from server.align_prompts import to_jsonl, training_prompts
+
+        rows = await asyncio.to_thread(training_prompts, training.home, req.count, req.seed)
+        record = await asyncio.to_thread(training.upload, to_jsonl(rows), "prompts",
+                                         f"align-builtin-{req.count}.jsonl")
+        dataset = record.id
+    job = await asyncio.to_thread(training.create_job, job_spec(req, dataset))
+    return training.job_view(job)
