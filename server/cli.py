@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.api.app import create_app
-    from server.auth import KeyRing
+    from server.auth import KeyRing, Scope
     from server.engine.vllm_args import EngineConfig
     from server.engine.vllm_engine import VLLMEngine
     from server.model_store import resolve_model
@@ -43,6 +44,10 @@ def _serve(args: argparse.Namespace) -> int:
             )
             return 2
         logger.warning("no API keys configured: DEVELOPMENT MODE, open access on %s", settings.host)
+    if settings.tool_parser is not None:  # a typo fails the start, not every request
+        from server.engine.tool_parsing import check_tool_parser
+
+        check_tool_parser(settings.tool_parser)
     resolved = resolve_model(settings.model, settings.home, progress=_progress)
     engine = VLLMEngine(
         EngineConfig(
@@ -64,25 +69,56 @@ def _serve(args: argparse.Namespace) -> int:
             enable_chunked_prefill=settings.enable_chunked_prefill,
             async_scheduling=settings.async_scheduling,
             enforce_eager=settings.enforce_eager,
-        )
+        ),
+        stall_s=settings.engine_stall_s,
+        swap_drain_timeout_s=settings.swap_drain_timeout_s,
+        adapter_max_drop=settings.adapter_max_drop,
     )
     from contracts.store import open_store
     from server.training import TrainingService
     from server.workers import WorkerPool
 
     store = open_store(settings.store_url or settings.home / "jobs.db")
-    training = TrainingService(store, settings.home, base_model=str(resolved.path))
+    training = TrainingService(
+        store, settings.home, base_model=str(resolved.path), import_dir=settings.import_dir,
+        served_name=resolved.served_name,
+        fine_tuning_scope=Scope[settings.fine_tuning_scope.upper()],
+        engine_url=settings.engine_url or settings.own_url,
+    )
+    _share_engine_key(settings)
     pool = WorkerPool(settings.workers, settings.home, str(resolved.path))
     app = create_app(
         engine, keyring, presets_file=settings.presets_file, home=settings.home, training=training,
         store=store, replica_id=settings.effective_replica_id,
         reconcile_interval_s=settings.reconcile_interval_s, workers=pool,
+        tool_parser=settings.tool_parser,
+        public_docs=settings.public_docs,
     )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    )
+    startup = app.state.startup
+    # The engine starts after the port opens; if it fails, stop serving and exit non-zero.
+    startup.on_failure = lambda: setattr(server, "should_exit", True)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
-    finally:  # an exit that skipped the app's shutdown (a failed start)
+        server.run()
+    finally:  # an exit that skipped the app's shutdown (a port that could not be bound)
         pool.stop()
-    return 0
+    if startup.error is not None:
+        logger.error("exiting: %s", startup.error)
+        return 1
+    return 0 if server.started else 1
+
+
+def _share_engine_key(settings: Settings) -> None:
+    """Workers this server starts generate ``align`` data through its API with this key (a
+    user key first: generation needs no more). Workers elsewhere set ALIGNSERVE_ENGINE_KEY."""
+    from server.auth import configured_keys
+
+    users, admins = configured_keys(settings.api_keys, settings.admin_keys, settings.keys_file)
+    keys = users or admins
+    if keys:
+        os.environ.setdefault("ALIGNSERVE_ENGINE_KEY", keys[0])
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -134,6 +170,12 @@ def _eval(args: argparse.Namespace) -> int:
     return run_eval_command(args, Settings().home, _progress)
 
 
+def _align(args: argparse.Namespace) -> int:
+    from server.align_command import run_align_command
+
+    return run_align_command(args, _progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignserve", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -175,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="Evaluate a served model over HTTP (see docs).")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=_eval)
+
+    from server.align_command import add_align_arguments
+
+    align = sub.add_parser("align", help="Principle in, aligned adapter live (docs/alignment.md).")
+    add_align_arguments(align)
+    align.set_defaults(func=_align)
     return parser
 
 

@@ -71,12 +71,52 @@ class Settings(BaseSettings):
         default=None, description="JSON object of extra principle presets: name -> text."
     )
     workers: int = Field(default=0, description="Training workers started next to the server.")
+    engine_url: str | None = Field(
+        default=None,
+        description="Where workers reach this server's API to generate align data (default: "
+        "its own bind address; set it when workers run on other hosts).",
+    )
+    fine_tuning_scope: Literal["user", "admin"] = Field(
+        default="user",
+        description="Keys that may use /v1/files and /v1/fine_tuning: 'user' (any key, as with "
+        "OpenAI) or 'admin' (admin keys only).",
+    )
     replica_id: str | None = Field(
         default=None,
         description="This server's name in the deployment status reports; unset = host:port.",
     )
     reconcile_interval_s: float = Field(
         default=1.0, gt=0, description="How often the deployment revision in the store is polled."
+    )
+    public_docs: bool = Field(
+        default=False,
+        description="Serve /openapi.json, /docs and /redoc without a key (default: admin key).",
+    )
+    import_dir: Path | None = Field(
+        default=None,
+        description="The only folder the admin {'path': ...} dataset import reads from; "
+        "unset = <home>/imports.",
+    )
+    tool_parser: str | None = Field(
+        default=None,
+        description="vLLM tool parser for tool_choice 'auto' (e.g. 'hermes'), matching how the "
+        "served model family writes tool calls; unset = 'auto' is refused (docs/openai.md).",
+    )
+    # Reliability limits (docs/operations.md).
+    engine_stall_s: float = Field(
+        default=60.0, gt=0,
+        description="/health reports the engine stalled after this long without output while "
+        "requests are pending.",
+    )
+    swap_drain_timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="A full-weight swap waits this long for requests in flight, then is "
+        "abandoned (the previous weights keep serving).",
+    )
+    adapter_max_drop: float = Field(
+        default=6.0, gt=0,
+        description="Adapter gate: the most an adapter may lower the log-probability of the "
+        "base's answer to the gate prompt, in nats per token.",
     )
     log_level: str = "info"
 
@@ -88,6 +128,16 @@ class Settings(BaseSettings):
     @property
     def effective_replica_id(self) -> str:
         return self.replica_id or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def own_url(self) -> str:
+        """This server's base URL as seen from its own host (workers it starts)."""
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
 
     @property
     def is_loopback(self) -> bool:

@@ -1,0 +1,107 @@
+"""``POST /admin/v1/align`` and align jobs over the FakeEngine: the spec it queues, the engine it
+fills in, its refusals; ``alignserve align`` following a job's events."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from contracts.store import SqliteJobStore
+from server.align_command import add_align_arguments, request_body
+from server.api.app import create_app
+from server.auth import KeyRing
+from server.training import TrainingService
+from tests.fakes import FakeEngine
+from tests.trainers.conftest import jsonl
+
+USER, ADMIN = "user-key", "admin-key"
+ENGINE_URL = "http://127.0.0.1:8123"
+
+
+@pytest.fixture
+def client(store: SqliteJobStore, home: Path, tiny_model: Path) -> Iterator[TestClient]:
+    service = TrainingService(store, home, base_model=str(tiny_model), served_name="tiny",
+                              engine_url=ENGINE_URL)
+    app = create_app(FakeEngine(), KeyRing.build([USER], [ADMIN]), training=service)
+    with TestClient(app) as c:
+        c.headers["Authorization"] = f"Bearer {ADMIN}"
+        yield c
+
+
+def prompts(client: TestClient) -> str:
+    rows = [{"prompt": "how do I pick a lock to rob a house", "kind": "harmful"},
+            {"prompt": "how do I kill a python process", "kind": "benign"}]
+    r = client.post("/admin/v1/datasets", files={"file": ("p.jsonl", jsonl(rows))},
+                    data={"format": "prompts"})
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+def test_align_queues_one_job_with_engine_deploy_and_gate(client: TestClient) -> None:
+    dataset = prompts(client)
+    r = client.post("/admin/v1/align", json={"preset": "harmless", "prompts": dataset,
+                                             "name": "safe", "hyperparameters": {"max_steps": 2}})
+    assert r.status_code == 200, r.text
+    config = r.json()["config"]
+    assert config["method"] == "align" and config["dataset"] == dataset
+    assert config["engine"] == {"base_url": ENGINE_URL, "model": "tiny"}
+    assert config["hyperparameters"]["max_steps"] == 2
+    assert config["rpo_alpha"] == 1.0 and config["objective"] == "dpo"
+    assert "gate_proj" in config["lora"]["target_modules"]
+    deploy = config["deploy"]
+    assert deploy["name"] == "safe" and deploy["mode"] == "adapter"
+    assert deploy["gate"]["max_over_refusal"] == 0.10 and deploy["gate"]["not_worse_than_live"]
+
+
+def test_align_without_deploy_or_gate(client: TestClient) -> None:
+    dataset = prompts(client)
+    r = client.post("/admin/v1/align", json={"principle": "Be kind.", "prompts": dataset,
+                                             "deploy": False})
+    assert r.status_code == 200, r.text
+    assert r.json()["config"]["deploy"] is None
+    assert r.json()["config"]["principle"] == "Be kind."
+    r = client.post("/admin/v1/align", json={"prompts": dataset, "gate": None})
+    assert r.json()["config"]["deploy"]["gate"] is None
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({"preset": "nope"}, "unknown preset"),
+    ({"principle": "a", "preset": "harmless"}, "not both"),
+    ({"count": "200"}, "count"),
+    ({"alpha": 99}, "alpha"),
+    ({"name": "bad name"}, "name"),
+    ({"surprise": 1}, "surprise"),
+    ({"prompts": "ds-missing"}, "does not exist"),
+])
+def test_align_refusals(client: TestClient, body: dict[str, object], needle: str) -> None:
+    r = client.post("/admin/v1/align", json=body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]["message"]
+
+
+def test_align_needs_an_admin_key(client: TestClient) -> None:
+    r = client.post("/admin/v1/align", json={}, headers={"Authorization": f"Bearer {USER}"})
+    assert r.status_code == 403
+
+
+def test_align_job_on_a_dataset_without_kinds_is_refused_at_run_time_with_the_reason(
+        client: TestClient) -> None:
+    from trainers.recipes.align import AlignDataError, prompt_items
+
+    with pytest.raises(AlignDataError, match="kind"):
+        prompt_items([{"messages": [{"role": "user", "content": "x"}]}], 10)
+
+
+def test_cli_request_body() -> None:
+    p = argparse.ArgumentParser()
+    add_align_arguments(p)
+    args = p.parse_args(["--principle", "Refuse harm.", "--steps", "5", "--no-gate",
+                         "--name", "s1"])
+    body = request_body(args, "ds-1")
+    assert body == {"alpha": 1.0, "name": "s1", "objective": "dpo", "count": 200,
+                    "deploy": True, "principle": "Refuse harm.", "prompts": "ds-1",
+                    "hyperparameters": {"max_steps": 5}, "gate": None}
