@@ -13,14 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.api.deps import AdminScope
 from server.deploy_service import DeploymentService
-from server.errors import ServiceUnavailableError
+from server.errors import NotFoundError, ServiceUnavailableError
+from server.names import MAX_NAME_CHARS, NAME_PATTERN, is_name
 
 router = APIRouter(prefix="/admin/v1/deployments")
 
 
 class DeploymentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    checkpoint: str = Field(min_length=1, description="Checkpoint id (GET /admin/v1/checkpoints).")
+    checkpoint: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        pattern=NAME_PATTERN,
+        description="Checkpoint id (GET /admin/v1/checkpoints).",
+    )
     name: str = Field(
         min_length=1,
         max_length=64,
@@ -42,6 +48,17 @@ def _service(request: Request) -> DeploymentService:
 Deployments = Annotated[DeploymentService, Depends(_service)]
 
 
+def _name(name: str) -> str:
+    # Auto-deployed names follow the job spec's pattern, which may differ from the one above:
+    # refuse only what can never be a name, as the unknown deployment it is.
+    if not is_name(name):
+        raise NotFoundError(f"deployment {name!r} not found", param="name")
+    return name
+
+
+DeploymentName = Annotated[str, Depends(_name)]
+
+
 @router.post("", response_model=None)
 async def create(body: DeploymentRequest, service: Deployments, _: AdminScope) -> JSONResponse:
     record = await service.deploy(body.checkpoint, body.name, body.mode)
@@ -58,7 +75,7 @@ async def list_all(service: Deployments, _: AdminScope) -> dict[str, Any]:
 
 @router.post("/{name}/rollback")
 async def rollback(
-    name: str,
+    name: DeploymentName,
     service: Deployments,
     _: AdminScope,
     version: Annotated[
@@ -70,6 +87,6 @@ async def rollback(
 
 
 @router.delete("/{name}")
-async def delete(name: str, service: Deployments, _: AdminScope) -> dict[str, Any]:
+async def delete(name: DeploymentName, service: Deployments, _: AdminScope) -> dict[str, Any]:
     await service.delete(name)
     return {"name": name, "deleted": True}
