@@ -95,7 +95,8 @@ def _serve(args: argparse.Namespace) -> int:
         public_docs=settings.public_docs,
     )
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                       timeout_graceful_shutdown=settings.graceful_shutdown_s)
     )
     startup = app.state.startup
     # The engine starts after the port opens; if it fails, stop serving and exit non-zero.

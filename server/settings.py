@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         "base's answer to the gate prompt, in nats per token.",
     )
     log_level: str = "info"
+    graceful_shutdown_s: float = Field(
+        default=30.0, gt=0,
+        description="On SIGTERM, how long open requests may finish before they are cut. "
+        "Unbounded waiting would hang: the training workers stop only after the requests "
+        "end, and an align job's requests come from a worker.",
+    )
 
     @field_validator("home", mode="after")
     @classmethod
