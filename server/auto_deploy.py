@@ -7,6 +7,10 @@ redeployed, also after a restart. Every serving replica runs this watcher; when 
 job at once, both propose a version and only the lower number proceeds (``deploy_once``). A
 checkpoint refused before it got a version (bad checksum, wrong base) is not retried by this
 process.
+
+The outcome is written to the job's events (data ``{"deployment": name, "status": "live" |
+"failed", ...}``) by the replica that deployed: the OpenAI view reports a deploying job as
+``succeeded`` only once that event says ``live`` (``server/api/fine_tuning_views.py``).
 """
 
 from __future__ import annotations
@@ -60,7 +64,23 @@ class AutoDeployer:
             mode: DeployMode = "full" if full else "adapter"
             logger.info("job %s succeeded: deploying %s as %s (%s)", job.id,
                         job.checkpoint_id, request["name"], mode)
-            record = await self.deployments.deploy_once(job.checkpoint_id, request["name"], mode)
-            if record is not None:
+            try:
+                record = await self.deployments.deploy_once(
+                    job.checkpoint_id, request["name"], mode)
+            except Exception as exc:  # recorded on the job, so its clients learn it failed
+                logger.exception("job %s: deploying %s failed", job.id, request["name"])
+                record = {"name": request["name"], "version": None, "status": "failed",
+                          "reason": str(exc) or type(exc).__name__}
+            if record is not None:  # None: another replica deploys it (and records it)
+                await asyncio.to_thread(self._record, job.id, record)
                 results.append(record)
         return results
+
+    def _record(self, job_id: str, record: dict[str, Any]) -> None:
+        name, live = record["name"], record["status"] == "live"
+        message = (f"fine-tuned model {name} is live (version {record['version']}): the job has "
+                   "succeeded" if live else f"deploying {name} failed: {record.get('reason')}")
+        data = {"deployment": name, "status": "live" if live else "failed",
+                "version": record.get("version"), "reason": record.get("reason")}
+        self.training.store.add_event(job_id, message, level="info" if live else "error",
+                                      data=data)

@@ -1,107 +1,92 @@
-"""OpenAI-shaped fine-tuning: ``/v1/fine_tuning/jobs``. Routes only delegate to
-``TrainingService``."""
+"""OpenAI's fine-tuning API: ``/v1/fine_tuning/jobs`` (create, list, retrieve, cancel, pause,
+resume, events, checkpoints). Routes only delegate to ``FineTuningService``.
+
+Which keys may call it (and ``/v1/files``) is ``ALIGNSERVE_FINE_TUNING_SCOPE``: ``user`` (the
+default: any key, as with OpenAI) or ``admin``. Every allowed key sees every job: jobs have no
+owner here.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
-from contracts.store import Job
-from server.api.admin_jobs import Training, json_body
-from server.api.deps import AdminScope
-from server.errors import InvalidRequestError
+from server.api.admin_jobs import Training
+from server.api.deps import UserScope
+from server.api.fine_tuning_protocol import FineTuningJobRequest
+from server.api.fine_tuning_service import FineTuningService, served_base_name
+from server.auth import Scope
+from server.errors import PermissionDeniedError
 
-router = APIRouter()
-
-
-_OPENAI_STATUS = {
-    "queued": "queued",
-    "running": "running",
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "cancelled": "cancelled",
-}
+router = APIRouter(prefix="/v1/fine_tuning/jobs")
 
 
-def _openai_to_spec(body: dict[str, Any]) -> dict[str, Any]:
-    method = body.get("method") or {"type": "dpo"}
-    kind = method.get("type") if isinstance(method, dict) else None
-    if not isinstance(kind, str):
-        raise InvalidRequestError("method.type is required", param="method.type")
-    options = dict(method.get(kind) or {})
-    hyper = {k: v for k, v in (options.pop("hyperparameters", None) or {}).items() if v != "auto"}
-    for unsupported in ("n_epochs", "learning_rate_multiplier"):
-        if unsupported in hyper:
-            raise InvalidRequestError(
-                f"{unsupported} is not supported; use max_steps / learning_rate",
-                param=f"method.{kind}.hyperparameters.{unsupported}",
-            )
-    spec = {
-        "method": kind,
-        "dataset": body.get("training_file"),
-        "hyperparameters": hyper,
-        **options,
-    }
-    if body.get("model") and "/" in str(body["model"]):
-        spec["model"] = body["model"]
-    if body.get("suffix"):
-        spec["suffix"] = body["suffix"]
-    if body.get("seed") is not None:
-        spec["hyperparameters"]["seed"] = body["seed"]
-    return spec
+def _scope(granted: UserScope, training: Training) -> Scope:
+    if granted < training.fine_tuning_scope:
+        raise PermissionDeniedError(
+            "Fine-tuning and files need an admin key on this server "
+            "(ALIGNSERVE_FINE_TUNING_SCOPE=admin)."
+        )
+    return granted
 
 
-def _openai_view(job: Job) -> dict[str, Any]:
-    cfg = job.config
-    error = (
-        {"code": "training_failed", "message": job.error, "param": None}
-        if job.status == "failed"
-        else None
-    )
-    return {
-        "object": "fine_tuning.job",
-        "id": job.id,
-        "model": cfg.get("model"),
-        "created_at": int(job.created_at),
-        "finished_at": int(job.finished_at) if job.finished_at else None,
-        "fine_tuned_model": job.checkpoint_id,
-        "organization_id": "alignserve",
-        "result_files": [],
-        "status": _OPENAI_STATUS[job.status],
-        "training_file": cfg.get("dataset"),
-        "validation_file": None,
-        "hyperparameters": cfg.get("hyperparameters"),
-        "trained_tokens": None,
-        "error": error,
-        "seed": cfg.get("hyperparameters", {}).get("seed"),
-        "method": {"type": job.method},
-    }
+TrainingScope = Annotated[Scope, Depends(_scope)]
 
 
-@router.post("/v1/fine_tuning/jobs")
-async def create_fine_tuning_job(
-    request: Request, _: AdminScope, training: Training
+def _service(request: Request, training: Training) -> FineTuningService:
+    base = served_base_name(training, request.app.state.engine)
+    deployable = getattr(request.app.state, "deployments", None) is not None
+    return FineTuningService(training, deployable, base)
+
+
+FineTuning = Annotated[FineTuningService, Depends(_service)]
+
+
+@router.post("")
+def create_job(body: FineTuningJobRequest, _: TrainingScope, service: FineTuning) -> dict[str, Any]:
+    return service.create(body)
+
+
+@router.get("")
+def list_jobs(
+    _: TrainingScope, service: FineTuning, after: str | None = None, limit: int = 20
 ) -> dict[str, Any]:
-    spec = _openai_to_spec(await json_body(request))
-    return _openai_view(await asyncio.to_thread(training.create_job, spec))
+    return service.list(after, limit)
 
 
-@router.get("/v1/fine_tuning/jobs")
-def list_fine_tuning_jobs(_: AdminScope, training: Training, limit: int = 20) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [_openai_view(j) for j in training.jobs(limit)],
-        "has_more": False,
-    }
+@router.get("/{job_id}")
+def retrieve_job(job_id: str, _: TrainingScope, service: FineTuning) -> dict[str, Any]:
+    return service.view(service.training.get_job(job_id))
 
 
-@router.get("/v1/fine_tuning/jobs/{job_id}")
-def get_fine_tuning_job(job_id: str, _: AdminScope, training: Training) -> dict[str, Any]:
-    return _openai_view(training.get_job(job_id))
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, _: TrainingScope, service: FineTuning) -> dict[str, Any]:
+    return service.view(service.training.cancel(job_id))
 
 
-@router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
-def cancel_fine_tuning_job(job_id: str, _: AdminScope, training: Training) -> dict[str, Any]:
-    return _openai_view(training.cancel(job_id))
+@router.post("/{job_id}/pause")
+def pause_job(job_id: str, _: TrainingScope, service: FineTuning) -> dict[str, Any]:
+    """A queued job pauses at once; a running one after its next step, with a resume point."""
+    return service.view(service.training.pause(job_id))
+
+
+@router.post("/{job_id}/resume")
+def resume_job(job_id: str, _: TrainingScope, service: FineTuning) -> dict[str, Any]:
+    return service.view(service.training.resume(job_id))
+
+
+@router.get("/{job_id}/events")
+def list_events(
+    job_id: str, _: TrainingScope, service: FineTuning, after: str | None = None,
+    limit: int = 20,
+) -> dict[str, Any]:
+    return service.events(job_id, after, limit)
+
+
+@router.get("/{job_id}/checkpoints")
+def list_checkpoints(
+    job_id: str, _: TrainingScope, service: FineTuning, after: str | None = None,
+    limit: int = 10,
+) -> dict[str, Any]:
+    return service.checkpoints(job_id, after, limit)
