@@ -75,11 +75,16 @@ def test_oversized_upload_is_413(client: TestClient, store: SqliteJobStore) -> N
     assert store.list_datasets() == []
 
 
-def test_server_side_path_import(client: TestClient, tmp_path: Path) -> None:
-    path = tmp_path / "p.jsonl"
+def test_server_side_path_import(client: TestClient, home: Path, tmp_path: Path) -> None:
+    path = home / "imports" / "p.jsonl"  # the only folder it reads (ALIGNSERVE_IMPORT_DIR)
+    path.parent.mkdir(parents=True)
     path.write_bytes(jsonl(pairs(2)))
     r = client.post("/admin/v1/datasets", json={"path": str(path)})
     assert r.status_code == 200 and r.json()["records"] == 2
+    outside = tmp_path / "p.jsonl"
+    outside.write_bytes(jsonl(pairs(2)))
+    r = client.post("/admin/v1/datasets", json={"path": str(outside)})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "path_not_allowed"
 
 
 def test_job_validation_errors_are_400(client: TestClient) -> None:
