@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from torch import Tensor
 
 from contracts.specs import AlignSpec
@@ -62,6 +63,7 @@ def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, An
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
+        ctx.control.check()  # cancel, pause or shutdown: stop generating (nothing is cached)
         now = time.monotonic()
         if done == total or now - last[0] > 10:
             last[0] = now
@@ -71,7 +73,12 @@ def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, An
     started = time.monotonic()
     ctx.control.event(f"synthesis: {len(items)} prompts through {engine.base_url}",
                       {"stage": "synthesis", "total": len(items)})
-    answers = asyncio.run(synthesise(engine, items, synthesis, progress))
+    try:
+        answers = asyncio.run(synthesise(engine, items, synthesis, progress))
+    except httpx.HTTPError as exc:
+        ctx.control.check()  # the server went away because this worker is stopping too
+        raise RuntimeError(f"the engine at {engine.base_url} failed during synthesis: {exc!r}; "
+                           "the job can be resubmitted") from exc
     distilled = build_pairs(items, answers)
     seconds = time.monotonic() - started
     ctx.control.event(f"synthesis: {distilled.stats['pairs']} pairs in {seconds:.0f} s",
