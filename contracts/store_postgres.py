@@ -154,6 +154,9 @@ class PostgresJobStore(SqlJobOps):
         return _job(row) if row else None
 
     def list_jobs(self, limit: int = 100, status: str | None = None) -> list[Job]:
+        # The API bounds it (1..1000); here only what the database can take: SQLite overflows
+        # past 2**63 and reads a negative LIMIT as none, PostgreSQL refuses one.
+        limit = min(max(limit, 0), 2**31 - 1)
         where, args = ("WHERE status = %s", [status]) if status is not None else ("", [])
         with self._conn() as conn:
             rows = conn.execute(

@@ -144,6 +144,9 @@ class SqliteJobStore(SqlJobOps):
         return _job(row) if row else None
 
     def list_jobs(self, limit: int = 100, status: str | None = None) -> list[Job]:
+        # The API bounds it (1..1000); here only what the database can take: SQLite overflows
+        # past 2**63 and reads a negative LIMIT as none, PostgreSQL refuses one.
+        limit = min(max(limit, 0), 2**31 - 1)
         sql, args = "SELECT * FROM jobs", []
         if status is not None:
             sql, args = sql + " WHERE status = ?", [status]

@@ -114,6 +114,13 @@ def test_list_limits_are_bounded(client: TestClient, url: str, limit: str) -> No
     assert error(client.get(f"{url}?limit={limit}"), 400)["param"] == "limit"
 
 
+def test_store_takes_any_limit(home: Path) -> None:
+    """Below the API's bound: SQLite raised OverflowError past 2**63 and listed all below 0."""
+    store = SqliteJobStore.at_home(home)
+    store.create_job("dpo", {"method": "dpo"}, 1)
+    assert len(store.list_jobs(10**20)) == 1 and store.list_jobs(-1) == []
+
+
 def test_list_limit_in_range(client: TestClient) -> None:
     assert client.get("/admin/v1/jobs?limit=1000").status_code == 200
     assert client.get("/admin/v1/checkpoints?limit=1").json()["data"] == []
