@@ -30,6 +30,9 @@ test: venv
 	# PostgreSQL for the job-store tests: installed here when missing (Debian package); pytest
 	# starts a throw-away server for the session (tests/pg.py). ALIGNSERVE_SKIP_PG=1 skips them.
 	bash scripts/postgres.sh install
+	# Chromium for the console's browser test (Debian package; Playwright drives it, never
+	# downloads a browser). ALIGNSERVE_SKIP_CHROMIUM=1 skips both.
+	bash scripts/chromium.sh install
 	$(PY) -m pytest -q
 
 test-fast: venv

@@ -185,7 +185,8 @@ def test_manifest_route(client: TestClient, store: SqliteJobStore) -> None:
     assert client.get("/admin/v1/checkpoints/nope/manifest", headers=_admin()).status_code == 404
 
 
-def _report() -> dict[str, Any]:
+def sample_report() -> dict[str, Any]:
+    """A small but complete report.json, as `alignserve eval compare` writes it."""
     def cell(k: int, n: int, words: float) -> dict[str, Any]:
         return {"n": n, "refusal_rate": {"value": k / n, "k": k, "n": n, "ci95": [0.1, 0.9]},
                 "mean_words": words, "mean_completion_tokens": words,
@@ -203,7 +204,7 @@ def _report() -> dict[str, Any]:
 
 def test_evaluation_runs_are_listed_with_table_and_charts(client: TestClient, home: Path) -> None:
     run = home / "eval" / "compare-1"
-    write_report(_report(), run)
+    write_report(sample_report(), run)
     (run / "results.jsonl").write_text('{"text": "an answer to a harmful prompt"}\n')
     listed = client.get("/admin/v1/evaluations", headers=_admin()).json()["data"]
     assert [r["id"] for r in listed] == ["compare-1"]

@@ -99,3 +99,14 @@ export function total(samples, name, filter = () => true) {
   return samples.filter((s) => s.name === name && filter(s.labels))
     .reduce((acc, s) => acc + s.value, 0);
 }
+
+// For features a server may not have (deployments on an engine that cannot deploy): a 503
+// resolves to `fallback`; every other error, a refused key above all, still throws.
+export async function unlessUnavailable(promise, fallback) {
+  try {
+    return await promise;
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 503) return fallback;
+    throw err;
+  }
+}

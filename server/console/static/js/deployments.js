@@ -1,7 +1,7 @@
 // Checkpoints and deployments: checkpoint manifests (with evaluation-gate results where a
 // checkpoint carries them), every version of every deployment with its swap phases and gate
 // outcome, and deploy / roll back / remove, each behind a confirmation.
-import { api } from "./api.js";
+import { api, unlessUnavailable } from "./api.js";
 import { badge, clear, confirmAction, h, notify, num, phases, seconds, showError, table,
          when } from "./ui.js";
 
@@ -73,10 +73,10 @@ async function act(message, label, call, rerender) {
 
 export async function render(main) {
   const [deployments, checkpoints] = await Promise.all([
-    api("/admin/v1/deployments"), api("/admin/v1/checkpoints")]);
+    unlessUnavailable(api("/admin/v1/deployments"), null), api("/admin/v1/checkpoints")]);
   const rerender = () => render(main).catch(showError);
   const byName = new Map();
-  for (const d of deployments.data) {
+  for (const d of deployments ? deployments.data : []) {
     if (!byName.has(d.name)) byName.set(d.name, []);
     byName.get(d.name).push(d);
   }
@@ -114,7 +114,8 @@ export async function render(main) {
   const detail = h("div", { id: "checkpoint-detail" });
   clear(main, h("h1", { text: "Checkpoints & deployments" }),
     h("h2", { text: "Deployments" }),
-    names.length ? names : h("p", { class: "muted", text: "Nothing deployed yet." }),
+    names.length ? names : h("p", { class: "muted", text: deployments ? "Nothing deployed yet."
+      : "This server's engine cannot deploy checkpoints." }),
     h("section", { class: "panel" }, h("h2", { text: "Checkpoints" }),
       table(["id", "job", "method", "format", "final loss", "created", ""],
         checkpoints.data.slice().reverse().map((c) => ({ attrs: { "data-checkpoint": c.id }, cells: [

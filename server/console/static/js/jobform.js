@@ -27,7 +27,10 @@ function input(path, s, required) {
   const attrs = { "data-path": path, name: path, id: `job-${path.replace(/\./g, "-")}` };
   let el;
   if (s.enum) {
-    el = h("select", attrs, s.enum.map((v) => h("option", { value: v, text: v })));
+    // No default (or a null one): an empty first choice, so leaving it alone sends nothing.
+    const blank = s.default === undefined || s.default === null
+      ? h("option", { value: "", text: "(default)" }) : null;
+    el = h("select", attrs, blank, s.enum.map((v) => h("option", { value: v, text: v })));
     if (s.default !== undefined && s.default !== null) el.value = s.default;
     el.dataset.kind = "string";
   } else if (s.type === "boolean") {

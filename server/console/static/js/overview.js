@@ -1,6 +1,6 @@
 // Overview: the served model, engine health, live throughput and queue depth (from /metrics),
 // requests by deployment version, and what is live under each deployment name.
-import { api, parsePrometheus, total } from "./api.js";
+import { api, parsePrometheus, total, unlessUnavailable } from "./api.js";
 import { clear, h, lineChart, setSeries, showError, table, tile } from "./ui.js";
 
 const POLL_MS = 2000;
@@ -8,7 +8,7 @@ const WINDOW = 60;  // points kept in the throughput chart (two minutes)
 
 export async function render(main) {
   // The admin call comes first: a key that may not use the console sees nothing else.
-  const deployments = await api("/admin/v1/deployments");
+  const deployments = await unlessUnavailable(api("/admin/v1/deployments"), { data: [] });
   const models = await api("/v1/models");
   const base = models.data.filter((m) => !m.parent);
   const tiles = h("div", { class: "tiles", id: "overview-tiles" });
