@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 from server.deploy_service import DeploymentService, DeployMode
+from server.errors import ServiceUnavailableError
 from server.training import TrainingService
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,11 @@ class AutoDeployer:
             try:
                 record = await self.deployments.deploy_once(
                     job.checkpoint_id, request["name"], mode)
+            except ServiceUnavailableError as exc:  # the engine is starting or busy: retry
+                self._attempted.discard(job.checkpoint_id)
+                logger.info("job %s: %s not deployed yet (%s); retrying", job.id,
+                            request["name"], exc)
+                continue
             except Exception as exc:  # recorded on the job, so its clients learn it failed
                 logger.exception("job %s: deploying %s failed", job.id, request["name"])
                 record = {"name": request["name"], "version": None, "status": "failed",

@@ -100,11 +100,12 @@ def test_job_validation_errors_are_400(client: TestClient) -> None:
     assert client.get("/admin/v1/jobs/job-nope").status_code == 404
 
 
-def test_user_key_is_refused(client: TestClient) -> None:
-    r = client.get("/admin/v1/jobs", headers={"Authorization": f"Bearer {USER}"})
-    assert r.status_code == 403
-    r = client.get("/v1/fine_tuning/jobs", headers={"Authorization": f"Bearer {USER}"})
-    assert r.status_code == 403
+def test_user_key_is_refused_on_admin_routes_only(client: TestClient) -> None:
+    user = {"Authorization": f"Bearer {USER}"}
+    assert client.get("/admin/v1/jobs", headers=user).status_code == 403
+    # OpenAI's fine-tuning and files API: user keys by default (ALIGNSERVE_FINE_TUNING_SCOPE).
+    assert client.get("/v1/fine_tuning/jobs", headers=user).status_code == 200
+    assert client.get("/v1/files", headers=user).status_code == 200
 
 
 def test_cancel_queued_job_and_sse_events(client: TestClient) -> None:
@@ -119,7 +120,9 @@ def test_cancel_queued_job_and_sse_events(client: TestClient) -> None:
         "job queued", "job cancelled before it started"]
 
 
-def test_openai_fine_tuning_routes(client: TestClient) -> None:
+def test_openai_fine_tuning_routes(client: TestClient, tiny_model: Path) -> None:
+    """An admin dataset is a file of the Files API; the job echoes OpenAI's shapes (details:
+    tests/unit/test_files_api.py, tests/trainers/test_fine_tuning_api.py)."""
     ds = _upload(client, jsonl(pairs(2)))["id"]
     body = {"training_file": ds, "model": "fake-model",
             "method": {"type": "dpo",
@@ -128,11 +131,20 @@ def test_openai_fine_tuning_routes(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     job = r.json()
     assert job["object"] == "fine_tuning.job" and job["status"] == "queued"
-    assert job["method"] == {"type": "dpo"} and job["hyperparameters"]["beta"] == 0.2
+    assert job["model"] == "fake-model"  # the served name, never the folder
+    hyper = {"batch_size": 2, "beta": 0.2, "learning_rate_multiplier": 1.0, "n_epochs": 3}
+    assert job["method"] == {"type": "dpo", "dpo": {"hyperparameters": hyper}}
+    assert job["total_steps"] == 3  # 3 epochs ("auto") of 2 pairs in batches of 2
     listed = client.get("/v1/fine_tuning/jobs").json()
     assert listed["object"] == "list" and listed["data"][0]["id"] == job["id"]
+    admin_job = client.post("/admin/v1/jobs", json={"method": "dpo", "dataset": ds}).json()
+    seen = client.get(f"/v1/fine_tuning/jobs/{admin_job['id']}").json()
+    assert seen["model"] == "fake-model" and seen["training_file"] == ds
+    assert str(tiny_model) not in str(seen)
     bad = client.post("/v1/fine_tuning/jobs", json={**body, "method": {"type": "ppo"}})
-    assert bad.status_code == 400
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "method.type"
+    unknown = client.post("/v1/fine_tuning/jobs", json={**body, "training_file": "ds-nope"})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "training_file"
 
 
 def test_end_to_end_job_through_the_api(
@@ -147,7 +159,7 @@ def test_end_to_end_job_through_the_api(
     assert got["status"] == "succeeded" and got["checkpoint_id"]
     checkpoints = client.get("/admin/v1/checkpoints").json()["data"]
     assert [c["id"] for c in checkpoints] == [got["checkpoint_id"]]
-    assert checkpoints[0]["deploy"] == {"name": "tiny-dpo", "mode": None}
+    assert checkpoints[0]["deploy"] == {"name": "tiny-dpo", "mode": None, "gate": None}
     assert Path(checkpoints[0]["path"], "adapter_config.json").is_file()
     metrics = client.get(f"/admin/v1/jobs/{job['id']}/metrics").json()["data"]
     assert [m["step"] for m in metrics] == [1, 2]
