@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import json
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from server.engine.types import (
     EngineStats,
@@ -19,18 +22,37 @@ VOCAB = ["\n", *(chr(c) for c in range(32, 127))]
 
 
 class CharRenderer:
-    """One token per printable ASCII character; a ChatML-like template with a default system."""
+    """One token per printable ASCII character; a ChatML-like template with a default system.
+
+    ``supports_tools`` switches it to a tool-aware template that prints ``tools=`` and each
+    message's tool fields (to check what reaches a tool-use template)."""
 
     default_system_prompt = "You are a fake assistant."
+    supports_tools = False
+    vocab_size = len(VOCAB)
 
-    def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
-        msgs = list(messages)
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        msgs = [dict(m) for m in messages]
         if not msgs or msgs[0]["role"] != "system":
             msgs.insert(0, {"role": "system", "content": self.default_system_prompt})
-        text = "".join(f"<{m['role']}>{m['content']}</>" for m in msgs)
+        text = "".join(f"<{m['role']}>{m['content']}{self._tool_fields(m)}</>" for m in msgs)
+        if tools:
+            text = f"<tools>{json.dumps(list(tools))}</tools>{text}"
         return text + ("<assistant>" if add_generation_prompt else "")
 
     def encode(self, text: str) -> list[int]:
+    def _tool_fields(self, m: Mapping[str, Any]) -> str:
+        extra = {k: m[k] for k in ("tool_calls", "tool_call_id", "name") if k in m}
+        return json.dumps(extra) if extra else ""
+
+    def tool_parser(self, name: str, tools: Sequence[Mapping[str, Any]]) -> FakeToolParser:
+        return FakeToolParser()
+
         return [VOCAB.index(c) if c in VOCAB else 0 for c in text]
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -38,6 +60,45 @@ class CharRenderer:
 
 
 class FakeEngine:
+class FakeToolParser:
+    """Reads ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (hermes-like)."""
+
+    _CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+    def __init__(self) -> None:
+        self._sent_calls = 0
+
+    def extract(self, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+        found = [json.loads(m) for m in self._CALL.findall(text)]
+        if not found:
+            return text, []
+        calls = [
+            {"id": f"call_{i}", "type": "function",
+             "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+            for i, c in enumerate(found)
+        ]
+        return text[: text.index("<tool_call>")] or None, calls
+
+    def extract_streaming(
+        self,
+        previous_text: str,
+        current_text: str,
+        delta_text: str,
+        previous_ids: Sequence[int],
+        current_ids: Sequence[int],
+        delta_ids: Sequence[int],
+    ) -> dict[str, Any] | None:
+        """Whole calls once their closing tag arrived; text before the first tag as content."""
+        _, calls = self.extract(current_text)
+        if len(calls) > self._sent_calls:
+            new = [{"index": i, **c} for i, c in enumerate(calls) if i >= self._sent_calls]
+            self._sent_calls = len(calls)
+            return {"tool_calls": new}
+        if "<" not in current_text and delta_text:
+            return {"content": delta_text}
+        return None
+
+
     """Answers every request with ``reply`` (cut at max_tokens and stop strings)."""
 
     def __init__(self, reply: str = "Hello there, friend!", max_model_len: int = 256):
@@ -105,6 +166,7 @@ class FakeEngine:
                 last = i == len(text) - 1
                 yield [
                     GenerationDelta(
+            prompt_lps = self._prompt_logprobs(request)
                         index=k,
                         text=ch,
                         token_ids=(VOCAB.index(ch),),
@@ -116,6 +178,7 @@ class FakeEngine:
                 yield [GenerationDelta(index=k, text="", token_ids=(), finish_reason="stop")]
 
     def _logprobs(self, ch: str, top: int | None) -> tuple[TokenLogprob, ...] | None:
+                        prompt_logprobs=prompt_lps if i == 0 else None,
         if top is None:
             return None
         alts = tuple((c, -1.0 - i, tuple(c.encode())) for i, c in enumerate("abcdefghij"[:top]))
@@ -126,3 +189,13 @@ class FakeEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(running=0, waiting=0)
+    def _prompt_logprobs(
+        self, request: GenerationRequest
+    ) -> tuple[TokenLogprob | None, ...] | None:
+        """Prompt token j gets log-probability -j/10 (the first: None, as vLLM)."""
+        if request.sampling.prompt_logprobs is None:
+            return None
+        ids = request.prompt_ids
+        return (None, *(TokenLogprob(VOCAB[t], -j / 10, tuple(VOCAB[t].encode()))
+                        for j, t in enumerate(ids) if j > 0))
+

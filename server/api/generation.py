@@ -3,43 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any
 
 from align_core.registry import Registry
-from server.alignment import Preset, aligned_conversations, resolve_principle
+from server.alignment import Preset
 from server.api import responses as R
+from server.api.preparation import Prepared, RequestPreparer
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.api.tool_output import whole_calls
 from server.best_of_n import RewardModels, pick_best
 from server.engine.base import Engine
-from server.engine.types import AlignmentParams, GenerationDelta, GenerationRequest, SamplingOptions
-from server.errors import InvalidRequestError, ServiceError, ServiceUnavailableError
+from server.engine.types import GenerationDelta, GenerationRequest, TokenLogprob
+from server.errors import ServiceError
 from server.metrics import Metrics
 from server.streams import merged
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A validated request, ready for the engine."""
-
-    kind: str  # "chat" | "completion"
-    response_id: str
-    model: str
-    requests: tuple[GenerationRequest, ...]  # one per prompt
-    n: int
-    prompt_tokens: int
-    want_logprobs: bool
-    include_usage: bool
-    aligned: bool
-    best_of: tuple[str, list[dict[str, str]]] | None = None  # (reward model, conversation)
 
 
 class GenerationService:
@@ -49,163 +32,20 @@ class GenerationService:
         presets: Registry[Preset],
         metrics: Metrics,
         rewards: RewardModels | None = None,
+        tool_parser: str | None = None,
     ):
         self.engine = engine
         self.presets = presets
         self.metrics = metrics
         self.rewards = rewards
+        self._preparer = RequestPreparer(engine, presets, rewards, tool_parser)
 
-    # -- preparation -----------------------------------------------------------------------
-    def _check_ready(self) -> None:
-        if not self.engine.ready:
-            raise ServiceUnavailableError("the model is still loading; retry shortly")
-
+    # -- preparation (server/api/preparation.py) ---------------------------------------------
     def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
-        self._check_ready()
-        model = self.engine.resolve_model(req.model)
-        renderer = self.engine.renderer
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        alignment = None
-        n = req.n
-        if req.best_of_n is not None:
-            n = self._check_best_of_n(req)
-        if req.alignment is not None and req.alignment.contrast is not None:
-            a = req.alignment
-            against = self._contrast_target(model, req.alignment.contrast.against)
-            prompt_ids = renderer.encode(renderer.render_chat(messages, True))
-            alignment = AlignmentParams(
-                (), a.alpha, a.nucleus_top_p, a.nucleus_temperature, contrast_against=against
-            )
-            longest = len(prompt_ids)
-        elif req.alignment is not None:
-            a = req.alignment
-            principle = resolve_principle(self.presets, a.principle, a.preset, a.preference)
-            plain, principled = aligned_conversations(
-                messages, principle, renderer.default_system_prompt
-            )
-            prompt_ids = renderer.encode(renderer.render_chat(plain, True))
-            principled_ids = renderer.encode(renderer.render_chat(principled, True))
-            alignment = AlignmentParams(
-                tuple(principled_ids), a.alpha, a.nucleus_top_p, a.nucleus_temperature
-            )
-            longest = max(len(prompt_ids), len(principled_ids))
-        else:
-            prompt_ids = renderer.encode(renderer.render_chat(messages, True))
-            longest = len(prompt_ids)
-        top = (req.top_logprobs or 0) if req.logprobs else None
-        options = self._options(req, req.requested_max_tokens(), longest, top, "max_tokens")
-        options = dataclasses.replace(options, n=n)
-        rid = f"chatcmpl-{uuid.uuid4().hex}"
-        request = GenerationRequest(rid, model, tuple(prompt_ids), options, alignment)
-        best_of = (req.best_of_n.reward_model, messages) if req.best_of_n is not None else None
-        return Prepared(
-            "chat",
-            rid,
-            model,
-            (request,),
-            n,
-            len(prompt_ids),
-            req.logprobs,
-            bool(req.stream_options and req.stream_options.include_usage),
-            alignment is not None,
-            best_of,
-        )
-
-    def _contrast_target(self, model: str, against: str) -> str:
-        """The model z_ref comes from; it must be served here and differ from ``model``."""
-        try:
-            resolved = self.engine.resolve_model(against)
-        except ServiceError as exc:
-            raise InvalidRequestError(
-                f"alignment.contrast.against: {exc.message}", param="alignment.contrast.against"
-            ) from None
-        if resolved == model:
-            raise InvalidRequestError(
-                "alignment.contrast.against must name another model than 'model'",
-                param="alignment.contrast.against",
-            )
-        return resolved
-
-    def _check_best_of_n(self, req: ChatCompletionRequest) -> int:
-        assert req.best_of_n is not None
-        if self.rewards is None:
-            raise InvalidRequestError("best_of_n is not available here", param="best_of_n")
-        if req.n != 1:
-            raise InvalidRequestError("best_of_n returns one choice: use n=1", param="n")
-        if req.temperature == 0:
-            raise InvalidRequestError(
-                "best_of_n needs sampling (temperature > 0): greedy samples are all the same",
-                param="temperature",
-            )
-        if req.logprobs:
-            raise InvalidRequestError("best_of_n does not support logprobs", param="logprobs")
-        self.rewards.check(req.best_of_n.reward_model)
-        return req.best_of_n.n
+        return self._preparer.prepare_chat(req)
 
     def prepare_completion(self, req: CompletionRequest) -> Prepared:
-        self._check_ready()
-        model = self.engine.resolve_model(req.model)
-        renderer = self.engine.renderer
-        prompts: list[list[int]]
-        if isinstance(req.prompt, str):
-            prompts = [renderer.encode(req.prompt)]
-        elif all(isinstance(p, int) for p in req.prompt):
-            prompts = [list(req.prompt)]  # type: ignore[arg-type]
-        elif all(isinstance(p, str) for p in req.prompt):
-            prompts = [renderer.encode(p) for p in req.prompt]  # type: ignore[arg-type]
-        else:
-            prompts = [list(p) for p in req.prompt]  # type: ignore[arg-type]
-        if any(not p for p in prompts):
-            raise InvalidRequestError("prompt must not be empty", param="prompt")
-        rid = f"cmpl-{uuid.uuid4().hex}"
-        requests = []
-        for i, ids in enumerate(prompts):
-            options = self._options(req, req.max_tokens, len(ids), req.logprobs, "max_tokens")
-            requests.append(GenerationRequest(f"{rid}-{i}", model, tuple(ids), options))
-        return Prepared(
-            "completion",
-            rid,
-            model,
-            tuple(requests),
-            req.n,
-            sum(len(p) for p in prompts),
-            req.logprobs is not None,
-            bool(req.stream_options and req.stream_options.include_usage),
-            False,
-        )
-
-    def _options(
-        self, req: Any, max_tokens: int | None, prompt_len: int, logprobs: int | None, param: str
-    ) -> SamplingOptions:
-        limit = self.engine.max_model_len
-        if prompt_len >= limit:
-            raise InvalidRequestError(
-                f"This model's maximum context length is {limit} tokens, but the prompt has "
-                f"{prompt_len} tokens.",
-                param="messages" if param == "max_tokens" else param,
-                code="context_length_exceeded",
-            )
-        if max_tokens is None:
-            max_tokens = limit - prompt_len
-        elif prompt_len + max_tokens > limit:
-            raise InvalidRequestError(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for "
-                "the completion). Please reduce the prompt or max_tokens.",
-                param=param,
-                code="context_length_exceeded",
-            )
-        return SamplingOptions(
-            max_tokens=max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            n=req.n,
-            seed=req.seed,
-            stop=req.stop_list(),
-            logprobs=logprobs,
-            presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty,
-        )
+        return self._preparer.prepare_completion(req)
 
     # -- execution -------------------------------------------------------------------------
     async def _deltas(self, prepared: Prepared) -> AsyncIterator[tuple[int, GenerationDelta]]:
@@ -246,17 +86,36 @@ class GenerationService:
             )
         if prepared.best_of is not None:
             choices = await self._select_best(prepared, choices)
-        build = R.chat_response if prepared.kind == "chat" else R.completion_response
-        body = build(
-            prepared.response_id,
-            int(time.time()),
-            prepared.model,
-            fingerprint(version),
-            choices,
-            prepared.want_logprobs,
-            prepared.prompt_tokens,
-        )
+        head = (prepared.response_id, int(time.time()), prepared.model, fingerprint(version))
+        if prepared.kind == "chat":
+            for choice in choices.values():
+                _read_tool_calls(prepared, choice)
+            body = R.chat_response(
+                *head, choices, prepared.want_logprobs, prepared.prompt_tokens
+            )
+        else:
+            body = R.completion_response(
+                *head, choices, prepared.want_logprobs, prepared.prompt_tokens,
+                self._echoes(prepared, choices),
+            )
         return body, version
+
+    def _echoes(
+        self, prepared: Prepared, choices: dict[int, R.ChoiceState]
+    ) -> dict[int, R.Echo] | None:
+        """Each choice's echoed prompt (``echo``), with the prompt's log-probabilities."""
+        if prepared.echo is None:
+            return None
+        shared: dict[int, list[TokenLogprob | None]] = {}  # any choice's, per prompt
+        for i, choice in choices.items():
+            if choice.prompt_logprobs:
+                shared.setdefault(i // prepared.n, choice.prompt_logprobs)
+        return {
+            i: echo_of(prepared, i // prepared.n,
+                       choice.prompt_logprobs or shared.get(i // prepared.n, []),
+                       self.engine.renderer.decode)
+            for i, choice in choices.items()
+        }
 
     async def _select_best(
         self, prepared: Prepared, choices: dict[int, R.ChoiceState]
@@ -307,7 +166,7 @@ class GenerationService:
         status = "error"
         try:
             async for event in stream_events(
-                prepared, first, deltas, fingerprint(version), counter
+                prepared, first, deltas, fingerprint(version), counter, self.engine.renderer.decode
             ):
                 yield event
             status = "ok"
@@ -335,6 +194,31 @@ class GenerationService:
         self.metrics.prompt_tokens.labels(prepared.model).inc(prepared.prompt_tokens)
         self.metrics.completion_tokens.labels(prepared.model).inc(tokens)
         self.metrics.version_requests.labels(prepared.model, version).inc()
+
+
+def _read_tool_calls(prepared: Prepared, choice: R.ChoiceState) -> None:
+    """A tool request's output -> the message's content and tool_calls."""
+    if prepared.tools is None:
+        return
+    content, calls = whole_calls(prepared.tools, "".join(choice.text), prepared.parser())
+    choice.tool_content, choice.tool_calls = content, calls
+    if calls and choice.finish_reason == "stop":
+        choice.finish_reason = "tool_calls"
+
+
+def echo_of(
+    prepared: Prepared,
+    prompt: int,
+    logprobs: list[TokenLogprob | None],
+    decode: Callable[[Sequence[int]], str],
+) -> R.Echo:
+    """What ``echo`` sends before the output of a choice of prompt ``prompt``."""
+    assert prepared.echo is not None
+    if not prepared.want_logprobs:
+        return R.Echo(prepared.echo[prompt])
+    ids = prepared.requests[prompt].prompt_ids
+    entries = R.prompt_entries(ids, logprobs or [None] * len(ids), decode)
+    return R.Echo(prepared.echo[prompt], tuple(entries))
 
 
 def fingerprint(version: str) -> str:

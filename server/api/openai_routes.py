@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from server.api.deps import Generation, UserScope
 from server.api.generation import GenerationService, Prepared
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.engine.types import ModelCard
+from server.errors import ModelNotFoundError, ServiceError
 
 router = APIRouter(prefix="/v1")
 
@@ -59,19 +61,43 @@ async def _respond(
 @router.get("/models")
 async def list_models(request: Request, _: UserScope) -> dict[str, Any]:
     cards = request.app.state.engine.model_cards()
+    return {"object": "list", "data": [_model_object(c) for c in cards]}
+
+
+# ``:path``: served names may hold '/' (a folder-like name) and '@' (a pinned version).
+@router.get("/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request, _: UserScope) -> dict[str, Any]:
+    engine = request.app.state.engine
+    cards = engine.model_cards()
+    card = next((c for c in cards if c.id == model_id), None)
+    if card is None:
+        # A pinned version that is servable but not listed (an older adapter, not loaded now).
+        try:
+            engine.resolve_model(model_id)
+        except ServiceError:
+            raise ModelNotFoundError(
+                f"The model '{model_id}' does not exist.", param="model"
+            ) from None
+        name, _at, version = model_id.rpartition("@")
+        base = cards[0] if cards else None
+        card = ModelCard(
+            id=model_id,
+            root=base.id if base is not None else model_id,
+            parent=name or None,
+            version=int(version) if name and version.isdigit() else None,
+            max_model_len=engine.max_model_len,
+        )
+    return _model_object(card)
+
+
+def _model_object(c: ModelCard) -> dict[str, Any]:
     return {
-        "object": "list",
-        "data": [
-            {
-                "id": c.id,
-                "object": "model",
-                "created": c.created,
-                "owned_by": "alignserve",
-                "root": c.root,
-                "parent": c.parent,
-                "version": c.version,
-                "max_model_len": c.max_model_len,
-            }
-            for c in cards
-        ],
+        "id": c.id,
+        "object": "model",
+        "created": c.created,
+        "owned_by": "alignserve",
+        "root": c.root,
+        "parent": c.parent,
+        "version": c.version,
+        "max_model_len": c.max_model_len,
     }

@@ -1,43 +1,54 @@
-"""OpenAI request models. OpenAI's field names and order first, then our extensions."""
+"""OpenAI request models. OpenAI's field names and order first, then our extensions.
+
+Strict at the edge: pydantic's strict mode, so ``"stream": "yes"``, ``"max_tokens": "8"`` or
+``"n": "2"`` are 400s rather than guesses, and every text field refuses lone UTF-16 surrogates
+(``server/api/messages.py``). Fields OpenAI clients send that mean nothing for a self-hosted
+model (``service_tier``, ``metadata``, ``store``, ``user``) are accepted and ignored
+(docs/openai.md).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from server.api.messages import (
+    LIST_TAG,
+    MAX_TOOLS,
+    ChatMessage,
+    ResponseFormat,
+    Text,
+    ToolChoice,
+    ToolDefinition,
+    text_or_list,
+)
 
 MAX_N = 16
 MAX_STOP = 4
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on entries
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
     include_usage: bool = False
-
-
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
 
 
 class ContrastRequest(BaseModel):
     """Adapter contrast: decode the request's model (a deployed adapter) against another."""
 
-    model_config = ConfigDict(extra="forbid")
-    against: str = Field(
+    model_config = _STRICT
+    against: Text = Field(
         min_length=1,
         max_length=200,
         description="The base model or a deployment (name or name@k) that gives z_ref.",
@@ -52,11 +63,11 @@ class AlignmentRequest(BaseModel):
     (z_model - z_against) on the conversation as sent.
     """
 
-    model_config = ConfigDict(extra="forbid")
-    principle: str | None = Field(
+    model_config = _STRICT
+    principle: Text | None = Field(
         default=None, description="Principle appended to the first system message for z_p."
     )
-    preset: str | None = Field(default=None, description="Name of a configured principle preset.")
+    preset: Text | None = Field(default=None, description="Name of a configured principle preset.")
     alpha: float = Field(
         default=3.0, ge=0.0, le=50.0, description="Step size: z_p + alpha(z_p - z_0)."
     )
@@ -67,7 +78,7 @@ class AlignmentRequest(BaseModel):
         description="Nucleus mass on softmax(z_p / nucleus_temperature).",
     )
     nucleus_temperature: float = Field(default=0.5, gt=0.0, le=10.0)
-    preference: str | None = Field(
+    preference: Text | None = Field(
         default=None, description="Fills {preference} in a personalised preset."
     )
     contrast: ContrastRequest | None = Field(
@@ -89,17 +100,25 @@ class AlignmentRequest(BaseModel):
 
 
 class BestOfNRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
     n: int = Field(ge=1, le=64)
-    reward_model: str
+    reward_model: Text
 
 
-Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
+Stop = (
+    Annotated[
+        Annotated[Text, Tag("str")]
+        | Annotated[list[Text], Field(max_length=MAX_STOP), Tag(LIST_TAG)],
+        Discriminator(text_or_list),
+    ]
+    | None
+)
+LogitBias = dict[Text, float]
 
 
 class _SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str
+    model_config = _STRICT
+    model: Text
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1, le=MAX_N)
@@ -110,7 +129,8 @@ class _SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    user: str | None = None
+    user: Text | None = None  # accepted, ignored: no per-user policy here
+    logit_bias: LogitBias | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
 
     @field_validator("stop")
     @classmethod
@@ -119,6 +139,20 @@ class _SamplingFields(BaseModel):
         if any(not s for s in items):
             raise ValueError("stop sequences must not be empty strings")
         return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_entries(cls, v: LogitBias | None) -> LogitBias | None:
+        for key, bias in (v or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"keys are token ids (non-negative integers as strings), "
+                                 f"got {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"bias of token {key} is {bias}; biases are in -100..100")
+        return v
+
+    def logit_bias_items(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items())
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> _SamplingFields:
@@ -136,6 +170,13 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    metadata: dict[Text, Text] | None = None  # accepted, ignored (nothing is stored)
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    service_tier: Text | None = None  # accepted, ignored: one tier here
+    store: bool | None = None  # accepted, ignored: completions are never stored
+    tool_choice: ToolChoice | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     # --- alignserve extensions -------------------------------------------------------------
     alignment: AlignmentRequest | None = Field(
@@ -158,8 +199,27 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
+def _prompt_kind(value: Any) -> str:
+    if not isinstance(value, list):
+        return "str"
+    first = value[0] if value else None
+    if isinstance(first, str):
+        return "list[str]"
+    return "list[list[int]]" if isinstance(first, list) else "list[int]"
+
+
+# One branch per input shape, as for ``Stop``: errors then name the prompt's own item.
+Prompt = Annotated[
+    Annotated[Text, Tag("str")]
+    | Annotated[list[Text], Tag("list[str]")]
+    | Annotated[list[int], Tag("list[int]")]
+    | Annotated[list[list[int]], Tag("list[list[int]]")],
+    Discriminator(_prompt_kind),
+]
+
+
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Prompt
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     max_tokens: int | None = Field(default=16, ge=1)
@@ -187,11 +247,4 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("prompt must not be an empty list")
         if isinstance(v, list) and any(isinstance(p, list) and not p for p in v):
             raise ValueError("token prompts must not be empty")
-        return v
-
-    @field_validator("echo")
-    @classmethod
-    def _echo_unsupported(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("echo is not supported")
         return v

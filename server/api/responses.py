@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,15 +40,42 @@ def chat_logprobs(items: tuple[TokenLogprob, ...]) -> dict[str, Any]:
     }
 
 
-def completion_logprobs(items: tuple[TokenLogprob, ...], offset: int) -> dict[str, Any]:
+# One echoed prompt token: its text, its log-probability and top alternatives (None for the
+# first token, which nothing precedes).
+PromptEntry = tuple[str, float | None, dict[str, float] | None]
+
+
+def prompt_entries(
+    prompt_ids: Sequence[int],
+    logprobs: Sequence[TokenLogprob | None],
+    decode: Any,
+) -> list[PromptEntry]:
+    """The prompt's tokens with their log-probabilities, as OpenAI's ``echo`` reports them."""
+    entries: list[PromptEntry] = []
+    for token_id, lp in zip(prompt_ids, logprobs, strict=False):
+        if lp is None:
+            entries.append((decode([token_id]), None, None))
+        else:
+            entries.append((lp.token, lp.logprob, {t: v for t, v, _ in lp.top}))
+    return entries
+
+
+def completion_logprobs(
+    items: tuple[TokenLogprob, ...], offset: int, prompt: Sequence[PromptEntry] = ()
+) -> dict[str, Any]:
+    """OpenAI's legacy logprobs object: ``prompt`` (echo) entries first, then the output's."""
+    rows: list[PromptEntry] = [
+        *prompt,
+        *((lp.token, lp.logprob, {t: v for t, v, _ in lp.top}) for lp in items),
+    ]
     offsets, position = [], offset
-    for lp in items:
+    for token, _, _ in rows:
         offsets.append(position)
-        position += len(lp.token)
+        position += len(token)
     return {
-        "tokens": [lp.token for lp in items],
-        "token_logprobs": [lp.logprob for lp in items],
-        "top_logprobs": [{t: v for t, v, _ in lp.top} for lp in items],
+        "tokens": [token for token, _, _ in rows],
+        "token_logprobs": [value for _, value, _ in rows],
+        "top_logprobs": [top for _, _, top in rows],
         "text_offset": offsets,
     }
 
@@ -62,6 +90,10 @@ class ChoiceState:
     finish_reason: str | None = None
     text_len: int = 0
     rewards: list[float] | None = None  # Best-of-N: every sample's reward, this one is the max
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)  # echo
+    # Tool requests: the message's content and calls read from the output (None: plain text).
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_content: str | None = None
 
     def add(self, delta: GenerationDelta) -> None:
         self.text.append(delta.text)
@@ -69,6 +101,8 @@ class ChoiceState:
         self.tokens += len(delta.token_ids)
         if delta.logprobs:
             self.logprobs.extend(delta.logprobs)
+        if delta.prompt_logprobs:
+            self.prompt_logprobs.extend(delta.prompt_logprobs)
         if delta.finish_reason is not None:
             self.finish_reason = "stop" if delta.finish_reason == "abort" else delta.finish_reason
 
@@ -90,7 +124,7 @@ def chat_response(
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
+                "message": chat_message(c),
                 "logprobs": chat_logprobs(tuple(c.logprobs)) if want_logprobs else None,
                 "finish_reason": c.finish_reason,
                 **({"best_of_n_rewards": c.rewards} if c.rewards is not None else {}),
@@ -102,6 +136,23 @@ def chat_response(
     }
 
 
+def chat_message(c: ChoiceState) -> dict[str, Any]:
+    if c.tool_calls is None:
+        return {"role": "assistant", "content": "".join(c.text), "refusal": None}
+    message: dict[str, Any] = {"role": "assistant", "content": c.tool_content, "refusal": None}
+    if c.tool_calls:
+        message["tool_calls"] = c.tool_calls
+    return message
+
+
+@dataclass(frozen=True)
+class Echo:
+    """What ``echo`` puts before a choice's output: the prompt, and its entries with logprobs."""
+
+    text: str
+    entries: tuple[PromptEntry, ...] = ()
+
+
 def completion_response(
     rid: str,
     created: int,
@@ -110,7 +161,15 @@ def completion_response(
     choices: dict[int, ChoiceState],
     want_logprobs: bool,
     prompt_tokens: int,
+    echoes: dict[int, Echo] | None = None,
 ) -> dict[str, Any]:
+    def logprobs(i: int, c: ChoiceState) -> dict[str, Any] | None:
+        if not want_logprobs:
+            return None
+        echo = (echoes or {}).get(i)
+        prompt = echo.entries if echo is not None else ()
+        return completion_logprobs(tuple(c.logprobs), 0, prompt)
+
     return {
         "id": rid,
         "object": "text_completion",
@@ -118,9 +177,9 @@ def completion_response(
         "model": model,
         "choices": [
             {
-                "text": "".join(c.text),
+                "text": ((echoes or {})[i].text if echoes else "") + "".join(c.text),
                 "index": i,
-                "logprobs": completion_logprobs(tuple(c.logprobs), 0) if want_logprobs else None,
+                "logprobs": logprobs(i, c),
                 "finish_reason": c.finish_reason,
             }
             for i, c in sorted(choices.items())

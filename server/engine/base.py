@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from server.engine.types import EngineStats, GenerationDelta, GenerationRequest, ModelCard
 
@@ -13,10 +13,36 @@ if TYPE_CHECKING:
 
 
 class ChatRenderer(Protocol):
+class ToolCallParser(Protocol):
+    """Reads ``tool_choice: auto`` output of one choice (stateful while streaming)."""
+
+    def extract(self, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+        """(content, OpenAI tool calls) of a whole output."""
+        ...
+
+    def extract_streaming(
+        self,
+        previous_text: str,
+        current_text: str,
+        delta_text: str,
+        previous_ids: Sequence[int],
+        current_ids: Sequence[int],
+        delta_ids: Sequence[int],
+    ) -> dict[str, Any] | None:
+        """The OpenAI ``delta`` (``content`` and/or ``tool_calls``) for this step, or None."""
+        ...
+
+
     """Tokenizer-side operations the protocol layer needs (chat templates, counting)."""
 
-    def render_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
-        """The conversation rendered with the model's chat template."""
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """The conversation rendered with the model's chat template (``tools`` passed to
+        templates that read them)."""
         ...
 
     def encode(self, text: str) -> list[int]:
@@ -24,10 +50,24 @@ class ChatRenderer(Protocol):
         ...
 
     @property
+    def decode(self, ids: Sequence[int]) -> str: ...
+
     def default_system_prompt(self) -> str:
         """The system prompt the chat template inserts when a conversation has none ('' if none)."""
         ...
 
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the chat template renders ``tools`` and tool turns itself."""
+        ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def tool_parser(self, name: str, tools: Sequence[Mapping[str, Any]]) -> ToolCallParser:
+        """A parser (vLLM's tool parser ``name``) for one choice of an ``auto`` request."""
+        ...
 
 @runtime_checkable
 class Engine(Protocol):

@@ -127,6 +127,13 @@ async def _run_choice(
         if not regroup:
             return
         engine.regroups += 1
+        if options.structured is not None and emitted:
+            # A restart prompts with the tokens so far, but a grammar always starts from its
+            # beginning: the rest would be held to the wrong state. Rare (see the scheduler).
+            raise EngineError(
+                f"guided decoding lost lockstep after {len(emitted)} tokens of a "
+                "grammar-constrained output, which cannot be resumed mid-grammar; retry"
+            )
         logger.warning(
             "request %s choice %d: guidance group lost lockstep; restarting after %d tokens",
             request.request_id, index, len(emitted),

@@ -9,6 +9,18 @@ FinishReason = Literal["stop", "length", "abort"]
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """A grammar the output must follow (vLLM's structured outputs).
+
+    ``json_schema`` is the schema serialised as JSON text (frozen, hashable); None with
+    ``kind == "json_object"`` means any JSON object.
+    """
+
+    kind: Literal["json_schema", "json_object"]
+    json_schema: str | None = None
+
+
+@dataclass(frozen=True)
 class SamplingOptions:
     """Per-request decoding settings, already validated by the protocol layer."""
 
@@ -21,6 +33,9 @@ class SamplingOptions:
     logprobs: int | None = None  # top-k alternatives per token; 0 = chosen token only
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    structured: StructuredOutput | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added to the logits
+    prompt_logprobs: int | None = None  # top-k per prompt token (completions ``echo``)
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,9 @@ class GenerationDelta:
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
     model_version: str = ""  # the version (``name@k``) whose weights produced these tokens
+    # Log-probabilities of the prompt's tokens (the first is None: nothing precedes it); only on
+    # a request's first delta, when ``SamplingOptions.prompt_logprobs`` is set.
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 @dataclass(frozen=True)

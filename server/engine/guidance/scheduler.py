@@ -13,6 +13,8 @@ runs on. :class:`GroupScheduler` (``SchedulerConfig.scheduler_cls``) wraps each 
   token in the same step; members get the same draft tokens under speculative decoding;
 * **preemption**: a member whose partner was preempted is preempted too, before the step;
 * **finish**: when one member finishes or is aborted, the group ends;
+* **grammars**: members with structured outputs (both carry the same grammar) wait until both
+  grammars compiled, so they start together and their grammar states advance alike;
 * **check**: after every step the members' new tokens are compared. If they differ, or only one
   member sampled, no token is delivered: the group is aborted and its visible member ends with
   ``stop_reason = REGROUP``, on which the API process restarts it after its last good token.
@@ -140,6 +142,11 @@ class GroupScheduler(Scheduler):
         for group in list(self._members):
             members = self._requests(group)
             if len(members) < 2:
+                continue
+            if not all(_grammar_ready(r) for r in members):
+                # vLLM admits a structured-output request once its own grammar compiled; the
+                # partner's may still be compiling, and a member started alone samples alone.
+                hide_waiting.extend(members)
                 continue
             running = [r for r in members if r.status == RequestStatus.RUNNING]
             waiting = [r for r in members if r.status in _WAITING]
@@ -289,6 +296,15 @@ class GroupScheduler(Scheduler):
             if alive:
                 super().finish_requests(alive, RequestStatus.FINISHED_ABORTED)
             self._forget(group)
+
+
+def _grammar_ready(request: Request) -> bool:
+    """False while the request waits for its grammar to compile (a failed compile is ready:
+    vLLM then ends the request with the error, and the group with it)."""
+    if request.status != RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR:
+        return True
+    so = request.structured_output_request
+    return so is None or so.is_grammar_ready
 
 
 def _member(request: Request) -> groups.Member:
