@@ -10,7 +10,11 @@ The gate: the checkpoint's manifest and checksums verify, its base model is the 
 weights are finite, its format suits the mode, and a smoke generation on the staged version
 succeeds. A deploy through this replica passes the gate here *before* ``set_live``, so a broken
 checkpoint never becomes desired state for the other replicas; any failure leaves the previous
-version serving and answers ``status: "failed"`` with the reason.
+version serving and answers ``status: "failed"`` with the reason. A full-weight swap that could
+not drain its requests in time (``SwapDrainTimeout``) is a 503 with the reason instead: the
+checkpoint is fine, the moment was not.
+
+Changes need a ready engine: while the model is still loading they are refused with a 503.
 """
 
 from __future__ import annotations
@@ -129,6 +133,7 @@ class DeploymentService:
     async def rollback(self, name: str, version: int | None = None) -> dict[str, Any]:
         """Make ``version`` live again (default: the newest version older than the live one
         that is not known to have failed)."""
+        self._require_engine()
         async with self.lock:
             deployment = await _call(self.store.deployment, name)
             if deployment is None or deployment.live_version is None:
@@ -138,6 +143,8 @@ class DeploymentService:
             target = self._rollback_target(deployment, history, reports, version)
             try:
                 result = await self.gate(target)
+            except ServiceUnavailableError:
+                raise  # could not drain in time: the reason is in the 503
             except Exception as exc:
                 raise ConflictError(
                     f"rollback of '{name}' to version {target.version} failed: {exc}"
@@ -147,15 +154,18 @@ class DeploymentService:
             return {**record.view(), "swap_seconds": result.seconds, "phases": result.phases}
 
     async def delete(self, name: str) -> None:
+        self._require_engine()
         async with self.lock:
             deployment = await _call(self.store.deployment, name)
             if deployment is None or deployment.live_version is None:
                 raise NotFoundError(f"no live deployment named '{name}'", param="name")
-            await _call(self.store.remove, name)
+            # This engine first, as for a deploy: an undeploy that cannot drain in time (full
+            # weights) leaves the deployment live everywhere instead of desired nowhere.
+            await self.deployer.undeploy(name)
             try:
-                await self.deployer.undeploy(name)
+                await _call(self.store.remove, name)
             except Exception:
-                self.needs_reconcile = True
+                self.needs_reconcile = True  # back to what the store says
                 raise
             await self.report(name, None, "removed")
 
@@ -197,6 +207,7 @@ class DeploymentService:
     async def _deploy(
         self, checkpoint: str, name: str, mode: DeployMode, unique: bool
     ) -> dict[str, Any] | None:
+        self._require_engine()
         if name in self._base_names() or "@" in name or not name.strip():
             raise InvalidRequestError(f"'{name}' cannot be a deployment name", param="name")
         folder = self.checks.folder(checkpoint)
@@ -224,6 +235,8 @@ class DeploymentService:
                 result = await self._switch(name, weights, mode, number, verify_s)
             except Exception as exc:
                 outcome = self._failed(key, mode, exc)
+                if isinstance(exc, ServiceUnavailableError):
+                    raise  # could not drain in time: a 503 with the reason, retry later
                 return DeploymentRecord(
                     name, number, checkpoint, mode, "failed", outcome.reason, created
                 ).view()
@@ -343,6 +356,12 @@ class DeploymentService:
         self.metrics.swaps.labels(mode, outcome).inc()
         if seconds is not None:
             self.metrics.swap_seconds.labels(mode).observe(seconds)
+
+    def _require_engine(self) -> None:
+        if not self.engine.ready:  # starting (most often), dead or shutting down
+            why = self.engine.health().message or "the engine is not ready"
+            raise ServiceUnavailableError(f"deployment changes need a ready engine: {why}",
+                                          retry_after_s=10)
 
     def _base_names(self) -> set[str]:
         return {card.id for card in self.engine.model_cards() if card.parent is None}

@@ -16,6 +16,7 @@ from server.engine.types import (
     ModelCard,
     TokenLogprob,
 )
+from server.engine.watchdog import EngineHealth, Watchdog
 from server.errors import ModelNotFoundError
 
 VOCAB = ["\n", *(chr(c) for c in range(32, 127))]
@@ -45,7 +46,6 @@ class CharRenderer:
             text = f"<tools>{json.dumps(list(tools))}</tools>{text}"
         return text + ("<assistant>" if add_generation_prompt else "")
 
-    def encode(self, text: str) -> list[int]:
     def _tool_fields(self, m: Mapping[str, Any]) -> str:
         extra = {k: m[k] for k in ("tool_calls", "tool_call_id", "name") if k in m}
         return json.dumps(extra) if extra else ""
@@ -53,13 +53,13 @@ class CharRenderer:
     def tool_parser(self, name: str, tools: Sequence[Mapping[str, Any]]) -> FakeToolParser:
         return FakeToolParser()
 
+    def encode(self, text: str) -> list[int]:
         return [VOCAB.index(c) if c in VOCAB else 0 for c in text]
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(VOCAB[i] for i in ids)
 
 
-class FakeEngine:
 class FakeToolParser:
     """Reads ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (hermes-like)."""
 
@@ -99,6 +99,7 @@ class FakeToolParser:
         return None
 
 
+class FakeEngine:
     """Answers every request with ``reply`` (cut at max_tokens and stop strings)."""
 
     def __init__(self, reply: str = "Hello there, friend!", max_model_len: int = 256):
@@ -110,6 +111,11 @@ class FakeToolParser:
         self.aborted: list[str] = []
         self.delay = 0.0
         self.replies: list[str] = []  # per-choice replies (choice k gets replies[k])
+        # Health: requests the fake engine holds (set by tests to simulate a busy engine), the
+        # real watchdog over them, and the reason of a dead engine core (None: alive).
+        self.pending = 0
+        self.watchdog = Watchdog(60.0)
+        self.dead_reason: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -160,35 +166,30 @@ class FakeToolParser:
                 cut = text.find(stop)
                 if cut >= 0:
                     text, finish = text[:cut], "stop"
+            prompt_lps = self._prompt_logprobs(request)
             for i, ch in enumerate(text):
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 last = i == len(text) - 1
                 yield [
                     GenerationDelta(
-            prompt_lps = self._prompt_logprobs(request)
                         index=k,
                         text=ch,
                         token_ids=(VOCAB.index(ch),),
                         logprobs=self._logprobs(ch, opts.logprobs),
                         finish_reason=finish if last else None,  # type: ignore[arg-type]
+                        prompt_logprobs=prompt_lps if i == 0 else None,
                     )
                 ]
             if not text:
                 yield [GenerationDelta(index=k, text="", token_ids=(), finish_reason="stop")]
 
     def _logprobs(self, ch: str, top: int | None) -> tuple[TokenLogprob, ...] | None:
-                        prompt_logprobs=prompt_lps if i == 0 else None,
         if top is None:
             return None
         alts = tuple((c, -1.0 - i, tuple(c.encode())) for i, c in enumerate("abcdefghij"[:top]))
         return (TokenLogprob(ch, -0.5, tuple(ch.encode()), alts),)
 
-    async def abort(self, request_id: str) -> None:
-        self.aborted.append(request_id)
-
-    def stats(self) -> EngineStats:
-        return EngineStats(running=0, waiting=0)
     def _prompt_logprobs(
         self, request: GenerationRequest
     ) -> tuple[TokenLogprob | None, ...] | None:
@@ -199,3 +200,15 @@ class FakeToolParser:
         return (None, *(TokenLogprob(VOCAB[t], -j / 10, tuple(VOCAB[t].encode()))
                         for j, t in enumerate(ids) if j > 0))
 
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=0, waiting=0)
+
+    def health(self) -> EngineHealth:
+        if not self.ready_flag:
+            return EngineHealth("starting", "the model is still loading")
+        if self.dead_reason is not None:
+            return self.watchdog.dead(self.dead_reason, self.pending)
+        return self.watchdog.check(self.pending)

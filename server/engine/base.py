@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from server.engine.types import EngineStats, GenerationDelta, GenerationRequest, ModelCard
+from server.engine.watchdog import EngineHealth
 
 if TYPE_CHECKING:
     from server.engine.deployer import Deployer
 
 
-class ChatRenderer(Protocol):
 class ToolCallParser(Protocol):
     """Reads ``tool_choice: auto`` output of one choice (stateful while streaming)."""
 
@@ -33,6 +33,7 @@ class ToolCallParser(Protocol):
         ...
 
 
+class ChatRenderer(Protocol):
     """Tokenizer-side operations the protocol layer needs (chat templates, counting)."""
 
     def render_chat(
@@ -49,13 +50,12 @@ class ToolCallParser(Protocol):
         """Token ids of ``text`` without adding special tokens (templates carry their own)."""
         ...
 
-    @property
     def decode(self, ids: Sequence[int]) -> str: ...
 
+    @property
     def default_system_prompt(self) -> str:
         """The system prompt the chat template inserts when a conversation has none ('' if none)."""
         ...
-
 
     @property
     def supports_tools(self) -> bool:
@@ -68,6 +68,7 @@ class ToolCallParser(Protocol):
     def tool_parser(self, name: str, tools: Sequence[Mapping[str, Any]]) -> ToolCallParser:
         """A parser (vLLM's tool parser ``name``) for one choice of an ``auto`` request."""
         ...
+
 
 @runtime_checkable
 class Engine(Protocol):
@@ -115,3 +116,8 @@ class Engine(Protocol):
     async def abort(self, request_id: str) -> None: ...
 
     def stats(self) -> EngineStats: ...
+
+    def health(self) -> EngineHealth:
+        """Starting, ready, stalled (requests pending, no output for too long; see
+        ``server.engine.watchdog``), dead (the engine core exited) or stopping."""
+        ...

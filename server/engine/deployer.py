@@ -4,7 +4,9 @@ Every change is staged, smoke-tested on the new weights, and only then made live
 leaves the previous version serving. Adapters load with ``add_lora`` while other requests run;
 full weights are reloaded in place by RPC into the workers (``collective_rpc``) after the API
 process's admission gate closed and every request in flight finished, with vLLM's scheduler
-paused around the reload.
+paused around the reload. The drain has a deadline: past it the swap is abandoned before anything
+was loaded (:class:`SwapDrainTimeout`), admission reopens and the previous weights keep serving.
+An adapter must also still resemble the weights it runs on (``server.engine.adapter_gate``).
 """
 
 from __future__ import annotations
@@ -18,15 +20,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from server.engine.adapter_gate import AdapterGate
 from server.engine.deployments import Mode, ModelVersion
 from server.engine.types import GenerationRequest, SamplingOptions
-from server.engine.vllm_convert import MIN_LOGPROB, lora_request
+from server.errors import ServiceUnavailableError
 
 if TYPE_CHECKING:
     from server.engine.vllm_engine import VLLMEngine
 
 logger = logging.getLogger(__name__)
 SMOKE_TIMEOUT_S = 120.0
+# vLLM itself (``server.engine.vllm_convert``) is imported where it is used: this module is part
+# of the app's import graph (deploy_service), and importing vLLM takes 15-25 s here, all of it
+# before the server can open its port.
+
+
+class SwapDrainTimeout(ServiceUnavailableError):
+    """A full-weight swap gave up waiting for the requests in flight; nothing was loaded."""
+
+    def __init__(self, target: str, in_flight: int, deadline_s: float, serving: str):
+        super().__init__(
+            f"swap to {target} abandoned: {in_flight} request(s) still in flight after the "
+            f"{deadline_s:g} s drain deadline (ALIGNSERVE_SWAP_DRAIN_TIMEOUT_S); {serving} "
+            "keeps serving. Retry when traffic is lower, or raise the deadline.",
+            retry_after_s=30, code="swap_drain_timeout",
+        )
+        self.in_flight, self.deadline_s = in_flight, deadline_s
 
 
 @dataclass(frozen=True)
@@ -54,8 +73,12 @@ class Deployer(Protocol):
 
 
 class VLLMDeployer:
-    def __init__(self, engine: VLLMEngine):
+    def __init__(
+        self, engine: VLLMEngine, drain_timeout_s: float = 120.0, adapter_max_drop: float = 6.0
+    ):
         self.engine = engine
+        self.drain_timeout_s = drain_timeout_s
+        self.adapter_gate = AdapterGate(engine, adapter_max_drop)
         self._lock = asyncio.Lock()  # one change at a time
 
     def live(self) -> dict[str, str]:
@@ -113,11 +136,13 @@ class VLLMDeployer:
         else:
             try:
                 if not version.loaded:
+                    from server.engine.vllm_convert import lora_request
+
                     if not await self.engine.llm.add_lora(lora_request(version)):
                         raise RuntimeError(f"vLLM refused adapter {version.label}")
                     version.loaded = True
                 phases["load_s"] = time.monotonic() - started
-                await self._smoke(version, smoke_prompt)
+                await self.adapter_gate.check(version, smoke_prompt)
                 phases["smoke_s"] = time.monotonic() - started - phases["load_s"]
             except Exception:
                 version.state = "failed" if previous_state == "staged" else "retired"
@@ -147,7 +172,13 @@ class VLLMDeployer:
         started = time.monotonic()
         engine.gate.close()
         try:
-            await engine.gate.drained()
+            try:
+                await asyncio.wait_for(engine.gate.drained(), self.drain_timeout_s)
+            except TimeoutError:
+                error = SwapDrainTimeout(target.label, engine.gate.in_flight,
+                                         self.drain_timeout_s, previous.label)
+                logger.warning("%s", error.message)
+                raise error from None
             phases["drain_s"] = time.monotonic() - started
             await self._reload(target)
             phases["reload_s"] = time.monotonic() - started - phases["drain_s"]
@@ -179,6 +210,8 @@ class VLLMDeployer:
 
     async def _smoke(self, version: ModelVersion, prompt: list[int]) -> None:
         """One greedy token on ``version``; a non-finite distribution fails it."""
+        from server.engine.vllm_convert import MIN_LOGPROB
+
         request = GenerationRequest(
             request_id=f"smoke-{uuid.uuid4().hex[:8]}",
             model=version.label,
