@@ -130,7 +130,8 @@ def test_response_format_reaches_the_engine(client: TestClient, engine: FakeEngi
          StructuredOutput("json_schema", json.dumps(schema))),
     ]
     for fmt, expected in cases:
-        assert client.post("/v1/chat/completions", json=chat(response_format=fmt)).status_code == 200
+        r = client.post("/v1/chat/completions", json=chat(response_format=fmt))
+        assert r.status_code == 200
         assert engine.requests[-1].sampling.structured == expected
 
 

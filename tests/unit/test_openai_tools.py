@@ -145,7 +145,8 @@ def test_auto_needs_a_configured_parser(client: TestClient) -> None:
 
 
 def test_auto_with_a_parser(auto_client: TestClient, engine: FakeEngine) -> None:
-    engine.reply = 'Sure. <tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
+    call = '{"name": "get_weather", "arguments": {"city": "Rome"}}'
+    engine.reply = f"Sure. <tool_call>{call}</tool_call>"
     r = auto_client.post("/v1/chat/completions", json=chat())
     choice = r.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] == "Sure. "
