@@ -147,6 +147,15 @@ class _Base(Strict):
     resources: Resources = Field(default_factory=Resources)
 
     @model_validator(mode="after")
+    def _gate_needs_adapter(self) -> _Base:
+        deploy = self.deploy
+        if deploy is not None and deploy.gate is not None:
+            full = (deploy.mode or ("full" if self.finetuning == "full" else "adapter")) == "full"
+            if full:  # evaluating full weights would hold every request back meanwhile
+                raise ValueError("deploy.gate evaluates adapters: use LoRA (mode 'adapter')")
+        return self
+
+    @model_validator(mode="after")
     def _batch_split(self) -> _Base:
         """The global batch splits evenly over the processes, then into micro-batches."""
         hp, world = self.hyperparameters, self.resources.world_size

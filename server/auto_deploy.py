@@ -11,6 +11,10 @@ process.
 The outcome is written to the job's events (data ``{"deployment": name, "status": "live" |
 "failed", ...}``) by the replica that deployed: the OpenAI view reports a deploying job as
 ``succeeded`` only once that event says ``live`` (``server/api/fine_tuning_views.py``).
+
+A deploy request with a ``gate`` (``contracts.specs.GateSpec``) is evaluated on the staged
+adapter before it goes live (``server.eval_gate``); a refusal is recorded like any failed
+deployment, with the numbers, and what was live keeps serving.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import asyncio
 import logging
 from typing import Any
 
+from contracts.specs import GateSpec
 from server.deploy_service import DeploymentService, DeployMode
+from server.engine.deployer import StagedCheck
 from server.errors import ServiceUnavailableError
+from server.eval_gate import EvaluationGate, GateFailed
 from server.training import TrainingService
 
 logger = logging.getLogger(__name__)
@@ -34,6 +41,7 @@ class AutoDeployer:
         self.deployments = deployments
         self.interval_s = interval_s
         self._attempted: set[str] = set()  # refused ones get no version, so remember them here
+        self._evaluation: EvaluationGate | None = None  # built on the first gated deployment
 
     async def run(self) -> None:
         while True:
@@ -65,9 +73,10 @@ class AutoDeployer:
             mode: DeployMode = "full" if full else "adapter"
             logger.info("job %s succeeded: deploying %s as %s (%s)", job.id,
                         job.checkpoint_id, request["name"], mode)
+            check = self._gate(job.id, request) if request.get("gate") else None
             try:
                 record = await self.deployments.deploy_once(
-                    job.checkpoint_id, request["name"], mode)
+                    job.checkpoint_id, request["name"], mode, check=check)
             except ServiceUnavailableError as exc:  # the engine is starting or busy: retry
                 self._attempted.discard(job.checkpoint_id)
                 logger.info("job %s: %s not deployed yet (%s); retrying", job.id,
@@ -81,6 +90,34 @@ class AutoDeployer:
                 await asyncio.to_thread(self._record, job.id, record)
                 results.append(record)
         return results
+
+    def _gate(self, job_id: str, request: dict[str, Any]) -> StagedCheck:
+        """The job's evaluation gate on the staged version; its numbers go to the job's events
+        and the checkpoint's record either way."""
+        spec, name = GateSpec.model_validate(request["gate"]), request["name"]
+
+        async def check(label: str) -> None:
+            if self._evaluation is None:
+                self._evaluation = EvaluationGate(self.deployments.engine,
+                                                  self.deployments.home)
+            live = self.deployments.deployer.live().get(name)
+            await asyncio.to_thread(
+                self.training.store.add_event, job_id,
+                f"evaluation gate: {label} answers {', '.join(spec.suites)} "
+                f"({spec.limit} prompts each)" + (f" next to {live}" if live else ""),
+                data={"stage": "gate", "status": "running"})
+            result = await self._evaluation.run(spec, label, live)
+            message = (f"evaluation gate passed: {label}" if result.passed else
+                       f"evaluation gate refused {label}: {'; '.join(result.failures)}")
+            await asyncio.to_thread(
+                self.training.store.add_event, job_id, message,
+                level="info" if result.passed else "error",
+                data={"stage": "gate", "status": "passed" if result.passed else "refused",
+                      **result.as_dict()})
+            if not result.passed:
+                raise GateFailed(result)
+
+        return check
 
     def _record(self, job_id: str, record: dict[str, Any]) -> None:
         name, live = record["name"], record["status"] == "live"

@@ -36,7 +36,7 @@ from contracts.deployments import (
 )
 from server.checkpoint_gate import CheckpointChecks, check_finite
 from server.engine.base import Engine
-from server.engine.deployer import Deployer, SwapResult
+from server.engine.deployer import Deployer, StagedCheck, SwapResult
 from server.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceUnavailableError
 from server.metrics import Metrics
 
@@ -124,11 +124,12 @@ class DeploymentService:
         return record
 
     async def deploy_once(
-        self, checkpoint: str, name: str, mode: DeployMode
+        self, checkpoint: str, name: str, mode: DeployMode, check: StagedCheck | None = None
     ) -> dict[str, Any] | None:
         """Like :meth:`deploy`, but None when ``checkpoint`` already has a version of ``name``
-        (every replica auto-deploys finished jobs; only the lowest version number proceeds)."""
-        return await self._deploy(checkpoint, name, mode, unique=True)
+        (every replica auto-deploys finished jobs; only the lowest version number proceeds).
+        ``check`` tests the staged version before it goes live (the evaluation gate)."""
+        return await self._deploy(checkpoint, name, mode, unique=True, check=check)
 
     async def rollback(self, name: str, version: int | None = None) -> dict[str, Any]:
         """Make ``version`` live again (default: the newest version older than the live one
@@ -205,7 +206,8 @@ class DeploymentService:
 
     # -- internals -------------------------------------------------------------------------
     async def _deploy(
-        self, checkpoint: str, name: str, mode: DeployMode, unique: bool
+        self, checkpoint: str, name: str, mode: DeployMode, unique: bool,
+        check: StagedCheck | None = None,
     ) -> dict[str, Any] | None:
         self._require_engine()
         if name in self._base_names() or "@" in name or not name.strip():
@@ -232,7 +234,7 @@ class DeploymentService:
             key = (name, number)
             self.outcomes[key] = LocalOutcome("deploying")
             try:
-                result = await self._switch(name, weights, mode, number, verify_s)
+                result = await self._switch(name, weights, mode, number, verify_s, check)
             except Exception as exc:
                 outcome = self._failed(key, mode, exc)
                 if isinstance(exc, ServiceUnavailableError):
@@ -262,10 +264,12 @@ class DeploymentService:
         return weights, verify_s
 
     async def _switch(
-        self, name: str, weights: Path, mode: DeployMode, number: int, verify_s: float
+        self, name: str, weights: Path, mode: DeployMode, number: int, verify_s: float,
+        check: StagedCheck | None = None,
     ) -> SwapResult:
-        """Stage, smoke-test and make live ``name@number`` in this engine."""
-        result = await self.deployer.deploy(name, weights, mode, number, self._smoke())
+        """Stage, smoke-test (and ``check``) and make live ``name@number`` in this engine."""
+        result = await self.deployer.deploy(name, weights, mode, number, self._smoke(),
+                                            check=check)
         seconds = result.seconds + verify_s
         phases = {"verify_s": verify_s, **result.phases}
         self.outcomes[(name, number)] = LocalOutcome("live", None, seconds, phases)

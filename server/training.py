@@ -258,6 +258,19 @@ class TrainingService:
         return self.store.metrics(job_id)
 
     # -- checkpoints ----------------------------------------------------------------------------
+    def gate_result(self, checkpoint: CheckpointRecord) -> dict[str, Any] | None:
+        """The newest evaluation-gate outcome on the checkpoint's job (``server.eval_gate``);
+        None when its deployment had no gate."""
+        for event in reversed(self.store.events(checkpoint.job_id)):
+            data = event.data or {}
+            if data.get("stage") == "gate" and data.get("status") in ("passed", "refused"):
+                return dict(data)
+        return None
+
+    def checkpoint_views(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return [{**checkpoint_view(c), "gate": self.gate_result(c)}
+                for c in self.checkpoints(limit)]
+
     def checkpoints(self, limit: int | None = None) -> list[CheckpointRecord]:
         """Newest first; all of them, or the newest ``limit``."""
         records = self.store.list_checkpoints()

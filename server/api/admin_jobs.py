@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from contracts.store import TERMINAL
 from server.api.deps import AdminScope
 from server.errors import InvalidRequestError, PayloadTooLargeError, ServiceUnavailableError
-from server.training import MAX_LIST_LIMIT, TrainingService, checkpoint_view, dataset_view
+from server.training import MAX_LIST_LIMIT, TrainingService, dataset_view
 
 router = APIRouter()
 EVENT_POLL_S = 0.5
@@ -169,7 +169,7 @@ def list_checkpoints(
     limit: Annotated[int | None, Query(ge=1, le=MAX_LIST_LIMIT)] = None,
 ) -> dict[str, Any]:
     """Newest first: all of them, or the newest ``limit``."""
-    return {"object": "list", "data": [checkpoint_view(c) for c in training.checkpoints(limit)]}
+    return {"object": "list", "data": training.checkpoint_views(limit)}
 
 
 async def json_body(request: Request) -> dict[str, Any]:

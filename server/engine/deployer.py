@@ -16,6 +16,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -56,13 +57,19 @@ class SwapResult:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the swap
 
 
+StagedCheck = Callable[[str], Awaitable[None]]
+"""A test of a staged version (by label) before it goes live; raising refuses the version."""
+
+
 class Deployer(Protocol):
     """The engine's deployment seam (what a deployment service or a reconciler drives)."""
 
     async def deploy(
-        self, name: str, path: Path, mode: Mode, number: int, smoke_prompt: list[int]
+        self, name: str, path: Path, mode: Mode, number: int, smoke_prompt: list[int],
+        check: StagedCheck | None = None,
     ) -> SwapResult:
-        """Put version ``number`` of ``name`` live (staged first; reused if already known)."""
+        """Put version ``number`` of ``name`` live (staged first; reused if already known).
+        ``check(label)`` runs on the staged adapter after the smoke test; raising refuses it."""
         ...
 
     async def undeploy(self, name: str) -> None: ...
@@ -85,14 +92,18 @@ class VLLMDeployer:
         return {name: v.label for name, v in self.engine.table.aliases.items()}
 
     async def deploy(
-        self, name: str, path: Path, mode: Mode, number: int, smoke_prompt: list[int]
+        self, name: str, path: Path, mode: Mode, number: int, smoke_prompt: list[int],
+        check: StagedCheck | None = None,
     ) -> SwapResult:
+        if check is not None and mode == "full":
+            # Checking full weights would hold every request back for the whole evaluation.
+            raise ValueError("a staged check (evaluation gate) needs an adapter deployment")
         async with self._lock:
             table = self.engine.table
             version = table.versions.get(f"{name}@{number}")
             if version is None or version.state == "failed":
                 version = table.new_version(name, mode, path, int(time.time()), number)
-            return await self._activate(version, smoke_prompt)
+            return await self._activate(version, smoke_prompt, check)
 
     async def undeploy(self, name: str) -> None:
         async with self._lock:
@@ -120,7 +131,9 @@ class VLLMDeployer:
             logger.info("adapter %s unloaded", version.label)
 
     # -- internals -------------------------------------------------------------------------
-    async def _activate(self, version: ModelVersion, smoke_prompt: list[int]) -> SwapResult:
+    async def _activate(
+        self, version: ModelVersion, smoke_prompt: list[int], check: StagedCheck | None = None
+    ) -> SwapResult:
         started = time.monotonic()
         table = self.engine.table
         phases: dict[str, float] = {}
@@ -144,6 +157,9 @@ class VLLMDeployer:
                 phases["load_s"] = time.monotonic() - started
                 await self.adapter_gate.check(version, smoke_prompt)
                 phases["smoke_s"] = time.monotonic() - started - phases["load_s"]
+                if check is not None:
+                    await check(version.label)
+                    phases["check_s"] = time.monotonic() - started - sum(phases.values())
             except Exception:
                 version.state = "failed" if previous_state == "staged" else "retired"
                 await self.unload_if_idle(version)

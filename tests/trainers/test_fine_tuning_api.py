@@ -46,7 +46,8 @@ class FakeDeployments:
     async def proposed_checkpoints(self) -> set[str]:
         return {c for c, _, _ in self.deployed}
 
-    async def deploy_once(self, checkpoint: str, name: str, mode: str) -> dict[str, Any]:
+    async def deploy_once(self, checkpoint: str, name: str, mode: str,
+                          check: object = None) -> dict[str, Any]:
         if self.busy:
             self.busy -= 1
             raise ServiceUnavailableError("deployment changes need a ready engine")

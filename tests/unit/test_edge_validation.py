@@ -33,7 +33,7 @@ class _Deployer:
     """Never reached by these tests with a valid checkpoint: the gate refuses first."""
 
     async def deploy(self, name: str, path: Path, mode: str, number: int,
-                     smoke_prompt: list[int]) -> SwapResult:
+                     smoke_prompt: list[int], check: object = None) -> SwapResult:
         raise AssertionError("not expected")
 
     async def undeploy(self, name: str) -> None:
@@ -284,7 +284,7 @@ def test_multipart_limits(client: TestClient) -> None:
     error(r, 400)
 
 
-# -- 6. the path import stays in its folder ---------------------------------------------------------
+# -- 6. the path import stays in its folder -------------------------------------------------
 def test_path_import_is_confined_to_the_import_folder(
     client: TestClient, home: Path, tmp_path: Path
 ) -> None:

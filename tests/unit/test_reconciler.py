@@ -21,7 +21,7 @@ from contracts.store import Store, open_store
 from server.api.app import create_app
 from server.auth import KeyRing
 from server.deploy_service import DeploymentService
-from server.engine.deployer import SwapResult
+from server.engine.deployer import StagedCheck, SwapResult
 from server.errors import ConflictError, NotFoundError
 from server.metrics import Metrics
 from server.reconciler import Reconciler
@@ -40,13 +40,16 @@ class FakeDeployer:
         self.fail: set[str] = set()  # checkpoint folder names whose smoke test fails
 
     async def deploy(
-        self, name: str, path: Path, mode: str, number: int, smoke_prompt: list[int]
+        self, name: str, path: Path, mode: str, number: int, smoke_prompt: list[int],
+        check: StagedCheck | None = None,
     ) -> SwapResult:
         label = f"{name}@{number}"
         self.calls.append(label)
         assert smoke_prompt, "the gate smoke-tests on a real prompt"
         if path.name in self.fail:
             raise RuntimeError(f"smoke generation on {label} produced no tokens")
+        if check is not None:
+            await check(label)
         previous = self.aliases.get(name)
         self.aliases[name] = label
         return SwapResult(label, previous, 0.01, {"load_s": 0.005, "smoke_s": 0.005})

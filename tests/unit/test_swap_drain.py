@@ -90,7 +90,8 @@ class DrainingDeployer(FakeDeployer):
     """Full weights never drain here: every full deploy and undeploy times out."""
 
     async def deploy(
-        self, name: str, path: Path, mode: str, number: int, smoke_prompt: list[int]
+        self, name: str, path: Path, mode: str, number: int, smoke_prompt: list[int],
+        check: object = None,
     ) -> SwapResult:
         if mode == "full":
             raise SwapDrainTimeout(f"{name}@{number}", 3, 120.0, "base")

@@ -1,0 +1,83 @@
+"""A job's ``deploy.gate`` through the auto-deployer and the real DeploymentService: the staged
+version answers the gate's prompts, a failing version is refused with the numbers (job events,
+checkpoint view) and what was live keeps serving. The engine and its switch are the in-memory
+fakes of test_reconciler; tests/real/test_align_loop.py runs the real engine."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from contracts.checkpoints import base_model_identity
+from contracts.records import CheckpointRecord
+from contracts.store import Store
+from server.auto_deploy import AutoDeployer
+from server.eval_gate import EvaluationGate
+from server.evaluation.refusal import RefusalDetector
+from server.training import TrainingService
+from tests.unit.test_reconciler import Replica, checkpoint, home, store  # noqa: F401
+
+REFUSAL = "I'm sorry, but I can't help with that."
+HELPFUL = "Sure: open the task manager and end the process."
+GATE = {"suites": ["benign_sensitive"], "limit": 3, "max_tokens": 64, "max_over_refusal": 0.0,
+        "min_harmful_refusal": None, "not_worse_than_live": False}
+
+
+def finished_job(db: Store, root: Path, cid: str, gate: dict[str, object] | None) -> str:
+    config = {"method": "dpo", "dataset": "ds", "deploy": {"name": "safe", "mode": "adapter",
+                                                          "gate": gate}}
+    job = db.create_job("dpo", config, 1)
+    claimed = db.claim("w", 30)
+    assert claimed is not None and claimed.id == job.id
+    folder = checkpoint(root, cid)
+    manifest = {"format": "peft-lora",
+                "base_model": base_model_identity(str(root / "models" / "base"))}
+    db.add_checkpoint(CheckpointRecord(cid, job.id, str(folder), "dpo", 0.0, manifest))
+    db.finish(job.id, "w", "succeeded", checkpoint_id=cid)
+    return job.id
+
+
+def deployer_for(replica: Replica, training: TrainingService) -> AutoDeployer:
+    auto = AutoDeployer(training, replica.service)
+    auto._evaluation = EvaluationGate(replica.engine, replica.service.home,
+                                      detector=RefusalDetector(None))  # keywords: no download
+    return auto
+
+
+def test_gate_refuses_and_the_live_version_keeps_serving(home: Path, store: Store) -> None:  # noqa: F811
+    replica = Replica(home, store, "r1")
+    training = TrainingService(store, home)
+    auto = deployer_for(replica, training)
+    replica.engine.reply = HELPFUL
+    first = finished_job(store, home, "ckpt-good", GATE)
+    records = asyncio.run(auto.deploy_finished())
+    assert [r["status"] for r in records] == ["live"]
+    assert replica.deployer.aliases == {"safe": "safe@1"}
+    # The next checkpoint refuses benign requests: the gate keeps it out.
+    replica.engine.reply = REFUSAL
+    second = finished_job(store, home, "ckpt-refuser", GATE)
+    records = asyncio.run(auto.deploy_finished())
+    assert [r["status"] for r in records] == ["failed"]
+    assert "benign_sensitive over-refusal 1.00 > 0.00" in records[0]["reason"]
+    assert replica.deployer.aliases == {"safe": "safe@1"}
+    staged = [q for q in replica.engine.requests if q.model == "safe@2"]
+    assert len(staged) == 3 and all(q.allow_staged for q in staged)
+    # The numbers are on the job and on the checkpoint's view.
+    gate_events = [e.data for e in store.events(second) if (e.data or {}).get("stage") == "gate"]
+    assert [d["status"] for d in gate_events] == ["running", "refused"]
+    assert gate_events[-1]["refusal_rates"]["benign_sensitive"]["k"] == 3
+    views = {v["id"]: v for v in training.checkpoint_views()}
+    assert views["ckpt-refuser"]["gate"]["status"] == "refused"
+    assert views["ckpt-good"]["gate"]["status"] == "passed"
+    assert first != second
+
+
+def test_no_gate_deploys_without_asking(home: Path, store: Store) -> None:  # noqa: F811
+    replica = Replica(home, store, "r1")
+    training = TrainingService(store, home)
+    auto = deployer_for(replica, training)
+    replica.engine.reply = REFUSAL
+    finished_job(store, home, "ckpt-plain", None)
+    assert [r["status"] for r in asyncio.run(auto.deploy_finished())] == ["live"]
+    assert replica.engine.requests == []
+    assert training.checkpoint_views()[0]["gate"] is None
