@@ -21,7 +21,6 @@ import httpx
 from server.assets import ProgressFn
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-OUTCOME_STAGES = ("deploy", "gate")
 
 
 def add_align_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,9 +87,8 @@ def follow(client: httpx.Client, job_id: str, say: ProgressFn, timeout_s: float,
                 after = event["id"]
                 say(f"[{event['level']}] {event['message']}")
                 data = event.get("data") or {}
-                if data.get("stage") in OUTCOME_STAGES and data.get("outcome") in (
-                        "live", "refused", "failed"):
-                    return 0 if data["outcome"] == "live" else 1
+                if data.get("deployment") and data.get("status") in ("live", "failed"):
+                    return 0 if data["status"] == "live" else 1  # the auto-deployer's outcome
         if job["status"] in ("failed", "cancelled"):
             say(f"job {job_id} {job['status']}: {job.get('error')}")
             return 1
