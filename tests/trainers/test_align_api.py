@@ -105,3 +105,42 @@ def test_cli_request_body() -> None:
     assert body == {"alpha": 1.0, "name": "s1", "objective": "dpo", "count": 200,
                     "deploy": True, "principle": "Refuse harm.", "prompts": "ds-1",
                     "hyperparameters": {"max_steps": 5}, "gate": None}
+
+
+def _follow(events: list[dict[str, object]], status: str) -> tuple[int, list[str]]:
+    import json as _json
+
+    import httpx
+
+    from server.align_command import follow
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            body = "".join(f"data: {_json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+            return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json={"id": "job-1", "status": status, "error": "boom"})
+
+    said: list[str] = []
+    with httpx.Client(base_url="http://s", transport=httpx.MockTransport(answer)) as client:
+        code = follow(client, "job-1", said.append, 5.0, True, sleep=lambda s: None)
+    return code, said
+
+
+def test_cli_follows_until_the_deployment_outcome() -> None:
+    events = [
+        {"id": 1, "level": "info", "message": "synthesis: 4 pairs in 3 s", "data": {}},
+        {"id": 2, "level": "info", "message": "evaluation gate passed: safe@1",
+         "data": {"stage": "gate", "status": "passed"}},
+        {"id": 3, "level": "info", "message": "safe is live",
+         "data": {"deployment": "safe", "status": "live"}},
+    ]
+    code, said = _follow(events, "succeeded")
+    assert code == 0 and said[-1] == "[info] safe is live" and len(said) == 3
+    refused = [{"id": 4, "level": "error", "message": "deploying safe failed: gate",
+                "data": {"deployment": "safe", "status": "failed"}}]
+    assert _follow(refused, "succeeded")[0] == 1
+
+
+def test_cli_reports_a_failed_job() -> None:
+    code, said = _follow([], "failed")
+    assert code == 1 and said == ["job job-1 failed: boom"]
