@@ -47,6 +47,7 @@ class AlignRequest(BaseModel):
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     lora: dict[str, Any] | None = None
     seed: int = Field(default=0, ge=0, le=2**31)
+    max_tokens: int = Field(default=96, ge=8, le=1024, description="Answer length in synthesis.")
 
 
 # What moved behaviour in the ablation (docs/alignment.md): LoRA on attention and MLP.
@@ -65,6 +66,7 @@ def job_spec(req: AlignRequest, dataset: str) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "method": "align", "dataset": dataset, "alpha": req.alpha, "objective": req.objective,
         "rpo_alpha": req.rpo_alpha, "lora": req.lora or DEFAULT_LORA,
+        "synthesis": {"max_tokens": req.max_tokens},
         "hyperparameters": {**DEFAULT_HYPERPARAMETERS, "seed": req.seed,
                             **req.hyperparameters},
     }
