@@ -9,7 +9,7 @@ echoed prompt first (``echo``), text chunks, finish chunks, usage, [DONE].
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ class _Chunks:
 
     prepared: Prepared
     fp: str
-    decode: Any
+    decode: Callable[[Sequence[int]], str]
     created: int = field(default_factory=lambda: int(time.time()))
     offsets: dict[int, int] = field(default_factory=dict)  # completions: text sent per choice
     tools: dict[int, ToolCallStream] = field(default_factory=dict)
@@ -111,7 +111,7 @@ async def stream_events(
     rest: AsyncIterator[tuple[int, GenerationDelta]],
     fp: str,
     counter: dict[str, int],
-    decode: Any = None,
+    decode: Callable[[Sequence[int]], str],
 ) -> AsyncIterator[str]:
     chunks = _Chunks(prepared, fp, decode)
     chat = prepared.kind == "chat"

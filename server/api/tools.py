@@ -39,13 +39,8 @@ class ToolPlan:
     parallel: bool = True
 
     @property
-    def shown(self) -> bool:
-        """Whether the model is told about the tools."""
-        return self.mode != "none"
-
-    @property
     def calls(self) -> bool:
-        """Whether the output is read for tool calls."""
+        """Whether the model is shown the tools and its output read for calls."""
         return self.mode != "none"
 
     def structured(self) -> StructuredOutput | None:
@@ -154,7 +149,7 @@ def conversation(
     Without tools or tool turns this is the conversation as sent, so plain requests render
     exactly as before.
     """
-    tools = list(plan.tools) if plan is not None and plan.shown else None
+    tools = list(plan.tools) if plan is not None and plan.calls else None
     if native:
         return [_native(m, messages) for m in messages], tools
     rendered: list[dict[str, Any]] = []
@@ -174,7 +169,7 @@ def conversation(
         else:
             rendered.append({"role": m.role, "content": m.text()})
         after_tool = m.role == "tool"
-    if plan is not None and plan.shown:
+    if plan is not None and plan.calls:
         _add_tool_block(rendered, plan_block(plan), default_system_prompt)
     return rendered, None
 
