@@ -198,8 +198,9 @@ class FineTuningService:
         beta = _DEFAULTS.beta if hyper.beta == "auto" else hyper.beta
         multiplier, lr = _learning_rate(hyper, hp, where)
         epochs, steps = _steps(hyper, hp, dataset.records, batch, where)
-        hp.update(batch_size=batch, beta=beta, learning_rate=lr, max_steps=steps,
-                  seed=req.seed if req.seed is not None else secrets.randbelow(2**31))
+        if req.seed is not None or "seed" not in hp:  # OpenAI's field, else ours, else random
+            hp["seed"] = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        hp.update(batch_size=batch, beta=beta, learning_rate=lr, max_steps=steps)
         spec: dict[str, Any] = {"method": method, "dataset": dataset.id, "hyperparameters": hp,
                                 "finetuning": req.finetuning, "suffix": req.suffix, **options}
         for key in ("lora", "resources"):
