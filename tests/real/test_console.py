@@ -29,7 +29,7 @@ from tests.unit.test_console_static import sample_report
 if os.environ.get("ALIGNSERVE_SKIP_CHROMIUM") == "1":
     pytest.skip("ALIGNSERVE_SKIP_CHROMIUM=1", allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Page, sync_playwright
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 JOB_TIMEOUT_MS = 900_000  # a 2-step job, its worker loading the model, on a busy 2-core machine
@@ -97,6 +97,19 @@ def _confirm(page: Page) -> None:
     page.click("#confirm-ok")
 
 
+def _poll(page: Page, predicate: str, timeout_s: float = 60.0) -> None:
+    """Wait until ``predicate`` holds in the page. Not page.wait_for_function: that evaluates a
+    string inside the page, which the console's CSP (no 'unsafe-eval') rightly refuses."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(predicate):
+        assert time.monotonic() < deadline, f"still false after {timeout_s} s: {predicate}"
+        time.sleep(0.25)
+
+
+def _file(name: str, data: bytes) -> FilePayload:
+    return {"name": name, "mimeType": "application/jsonl", "buffer": data}
+
+
 def _sign_in(page: Page, url: str, key: str) -> None:
     page.goto(f"{url}/console")
     page.fill("#admin-key", key)
@@ -117,15 +130,13 @@ def test_admin_trains_deploys_rolls_back_and_compares(
     # Datasets: the validator's error next to the offending line, then a valid upload.
     page.click("nav a[data-page=datasets]")
     bad = (json.dumps(PAIRS[0]) + "\n" + json.dumps({"prompt": "x", "chosen": "y"}) + "\n")
-    page.set_input_files("#dataset-file", files=[
-        {"name": "bad.jsonl", "mimeType": "application/jsonl", "buffer": bad.encode()}])
+    page.set_input_files("#dataset-file", files=[_file("bad.jsonl", bad.encode())])
     page.click("#upload-form button[type=submit]")
     page.wait_for_selector("#upload-error-line")
     assert "line 2: field 'rejected'" in page.inner_text("#upload-error-message")
     assert page.inner_text("#upload-error-line").startswith("2 | ")
     good = "".join(json.dumps(p) + "\n" for p in PAIRS).encode()
-    page.set_input_files("#dataset-file", files=[
-        {"name": "sleep.jsonl", "mimeType": "application/jsonl", "buffer": good}])
+    page.set_input_files("#dataset-file", files=[_file("sleep.jsonl", good)])
     page.click("#upload-form button[type=submit]")
     page.wait_for_selector("#datasets-table [data-dataset]")
     assert "8 pairs records" in page.inner_text("#notice")
@@ -143,7 +154,7 @@ def test_admin_trains_deploys_rolls_back_and_compares(
     page.wait_for_selector("#job-status[data-status=succeeded]", timeout=JOB_TIMEOUT_MS)
     job_s = time.monotonic() - started
     page.wait_for_selector("canvas[data-chart=loss][data-points='2']")
-    assert "stage" in page.inner_text("#job-stages")
+    assert "dpo: training 2 steps" in page.inner_text("#job-stages [data-stage=dpo]")
     assert "training 2 steps" in page.inner_text("#job-events")
     checkpoint = page.inner_text("#job-checkpoint").strip()
     assert checkpoint.startswith("ckpt-")
@@ -176,6 +187,7 @@ def test_admin_trains_deploys_rolls_back_and_compares(
     page.select_option("#pg-deployment", "console-dpo")
     page.select_option("#pg-preset", "")
     page.fill("#pg-principle", "Answer like a pirate.")
+    page.fill("#pg-max-tokens", "32")
     page.eval_on_selector("#pg-alpha",
                           "el => { el.value = '3'; el.dispatchEvent(new Event('input')); }")
     page.click("#pg-run")
@@ -193,9 +205,8 @@ def test_admin_trains_deploys_rolls_back_and_compares(
     page.click("nav a[data-page=evaluations]")
     page.click("[data-run=fixture-run] a")
     page.wait_for_selector("#eval-table")
-    page.wait_for_function(
-        "document.querySelectorAll('#eval-charts img').length === 2 && "
-        "[...document.querySelectorAll('#eval-charts img')].every(i => i.naturalWidth > 0)")
+    _poll(page, "() => document.querySelectorAll('#eval-charts img').length === 2 && "
+                "[...document.querySelectorAll('#eval-charts img')].every(i => i.naturalWidth > 0)")
 
     # Overview again: the requests just made, counted by deployment version.
     page.click("nav a[data-page=overview]")

@@ -4,7 +4,7 @@
 import { api, readSSE } from "./api.js";
 import { deployForm } from "./deployments.js";
 import { jobForm } from "./jobform.js";
-import { badge, clear, confirmAction, h, lineChart, notify, num, setSeries, showError, table,
+import { badge, clear, confirmAction, h, lineChart, notify, setSeries, showError, table,
          when } from "./ui.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -112,7 +112,11 @@ async function renderJob(main, id) {
         h("div", { class: "value mono", id: "job-checkpoint", text: job.checkpoint_id || "–" }))),
       h("p", { class: "muted", text: `created ${when(job.created_at)} · started ` +
         `${when(job.started_at)} · finished ${when(job.finished_at)} · attempts ${job.attempts}` }),
-      job.error ? h("p", { class: "field-error", id: "job-error", text: job.error }) : null);
+      job.error ? h("p", { class: "field-error", id: "job-error", text: job.error }) : null,
+      // Evaluation-gate results, when the job record carries them (a gated deploy).
+      Object.entries(job).filter(([k, v]) => /gate|evaluation/i.test(k) && v).map(([k, v]) =>
+        h("details", { open: true, "data-gate": k }, h("summary", { text: k }),
+          h("pre", { text: JSON.stringify(v, null, 2) }))));
     clear(actions);
     if (!TERMINAL.has(job.status)) {
       actions.append(h("button", { class: "danger", id: "job-cancel",
