@@ -12,3 +12,6 @@ NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 def is_name(value: str) -> bool:
     return 0 < len(value) <= MAX_NAME_CHARS and value.isprintable()
+# Checkpoint ids name folders (<home>/checkpoints/<id>): ours are "ckpt-" and 16 hex digits;
+# short ASCII without '/' can never be a path of its own nor pass a file system's name limit.
+CHECKPOINT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.api.deps import AdminScope
 from server.deploy_service import DeploymentService
 from server.errors import NotFoundError, ServiceUnavailableError
-from server.names import MAX_NAME_CHARS, NAME_PATTERN, is_name
+from server.names import CHECKPOINT_ID_PATTERN, is_name
 
 router = APIRouter(prefix="/admin/v1/deployments")
 
@@ -22,9 +22,7 @@ router = APIRouter(prefix="/admin/v1/deployments")
 class DeploymentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     checkpoint: str = Field(
-        min_length=1,
-        max_length=MAX_NAME_CHARS,
-        pattern=NAME_PATTERN,
+        pattern=CHECKPOINT_ID_PATTERN,
         description="Checkpoint id (GET /admin/v1/checkpoints).",
     )
     name: str = Field(

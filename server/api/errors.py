@@ -7,6 +7,7 @@ come back as a 1 MB error, nor a lone surrogate break the JSON encoder of the er
 
 from __future__ import annotations
 
+import errno
 import logging
 import uuid
 from typing import Any
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.errors import ServiceError, ServiceUnavailableError
-from server.names import NAME_PATTERN
+from server.names import CHECKPOINT_ID_PATTERN, NAME_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,11 @@ def _validation_message(first: dict[str, Any]) -> tuple[str, str | None]:
         return "the body is not valid JSON" + (f" ({reason})" if reason else ""), None
     param = _loc_to_param(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    if (first.get("ctx") or {}).get("pattern") == NAME_PATTERN:
+    pattern = (first.get("ctx") or {}).get("pattern")
+    if pattern == NAME_PATTERN:
         message = "must be a name without control characters (such as NUL)"
+    elif pattern == CHECKPOINT_ID_PATTERN:
+        message = "must be a checkpoint id: letters, digits, '.', '_', ':', '-', at most 128"
     return (f"{param}: {message}" if param else message), param
 
 
@@ -86,6 +90,8 @@ def _input_fault(exc: BaseException) -> str | None:
         return "the request is nested too deeply"
     if isinstance(exc, ValueError) and ("null byte" in str(exc) or "null character" in str(exc)):
         return "the request contains a NUL character where a name or path is expected"
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return "a name in the request is too long to be a file name"
     return None
 
 
@@ -125,7 +131,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return error_response(400, message, "invalid_request_error", None, "invalid_input")
 
-    for fault in (UnicodeError, RecursionError, ValueError):
+    for fault in (UnicodeError, RecursionError, ValueError, OSError):
         app.add_exception_handler(fault, _input_error)
 
     @app.exception_handler(Exception)

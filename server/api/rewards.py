@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from server.api.deps import UserScope
 from server.best_of_n import RewardModels
 from server.errors import InvalidRequestError
-from server.names import MAX_NAME_CHARS, NAME_PATTERN
+from server.names import CHECKPOINT_ID_PATTERN
 
 router = APIRouter(prefix="/v1")
 MAX_INPUTS = 256
@@ -44,9 +44,7 @@ class RewardInput(BaseModel):
 class RewardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(
-        min_length=1,
-        max_length=MAX_NAME_CHARS,
-        pattern=NAME_PATTERN,
+        pattern=CHECKPOINT_ID_PATTERN,
         description="Checkpoint id of a reward model (AfD).",
     )
     inputs: Annotated[list[RewardInput], Field(min_length=1, max_length=MAX_INPUTS)]

@@ -61,6 +61,7 @@ class DeployingEngine(FakeEngine):
 def home(tmp_path: Path) -> Path:
     (tmp_path / "home" / "models" / "base").mkdir(parents=True)
     (tmp_path / "home" / "imports").mkdir()
+    (tmp_path / "home" / "checkpoints").mkdir()  # as in production: paths are looked up in it
     return tmp_path / "home"
 
 
@@ -79,6 +80,10 @@ def build(home: Path, public_docs: bool = False) -> FastAPI:
     @app.get("/test/nul")
     def nul() -> None:
         (home / "a\x00b").resolve()
+
+    @app.get("/test/long")
+    def long() -> None:
+        (home / ("x" * 300)).stat()
 
     @app.get("/test/bug")
     def bug() -> None:
@@ -134,12 +139,16 @@ def test_event_cursor_is_bounded(client: TestClient) -> None:
     url = f"/admin/v1/jobs/{job}/events"
     assert error(client.get(f"{url}?after=99999999999999999999"), 400)["param"] == "after"
     for last in ("\u00b2".encode("latin-1"), b"99999999999999999999"):
-        r = client.get(url, headers={"Last-Event-ID": last})  # type: ignore[dict-item]
+        r = client.get(url, headers={b"Last-Event-ID": last})
         assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
 
 
 @pytest.mark.parametrize(("method", "url", "body", "status"), [
     ("POST", "/admin/v1/deployments", {"checkpoint": "ck\x00pt", "name": "a"}, 400),
+    # A folder name past the file system's limit was an OSError (found by the schema fuzz).
+    ("POST", "/admin/v1/deployments", {"checkpoint": "0" * 256, "name": "a"}, 400),
+    ("POST", "/v1/rewards", {"model": "0" * 256, "inputs": [{"prompt": "a", "response": "b"}]},
+     400),
     ("POST", "/v1/rewards", {"model": "ck\x00pt", "inputs": [{"prompt": "a", "response": "b"}]},
      400),
     ("POST", "/admin/v1/jobs", {"method": "dpo", "dataset": "ds-x", "model": "/m\x00"}, 400),
@@ -148,7 +157,7 @@ def test_event_cursor_is_bounded(client: TestClient) -> None:
     ("POST", "/admin/v1/deployments/a%00b/rollback", None, 404),
     ("DELETE", "/admin/v1/deployments/a%00b", None, 404),
 ])
-def test_nul_in_names(
+def test_bad_names(
     client: TestClient, method: str, url: str, body: dict[str, Any] | None, status: int
 ) -> None:
     error(client.request(method, url, json=body), status)
@@ -195,6 +204,7 @@ def test_invalid_json_message(client: TestClient) -> None:
 def test_safety_net_turns_input_faults_into_400(client: TestClient) -> None:
     assert "surrogate" in error(client.get("/test/surrogate"), 400)["message"]
     assert "NUL" in error(client.get("/test/nul"), 400)["message"]
+    assert "too long" in error(client.get("/test/long"), 400)["message"]
     assert error(client.get("/test/bug"), 500)["type"] == "server_error"  # bugs stay 500s
 
 
