@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from contracts.datasets import DatasetError, DatasetTooLargeError, import_dataset, load_records
+from contracts.datasets import (
+    DatasetError,
+    DatasetTooLargeError,
+    import_dataset,
+    load_records,
+    remove_files,
+    upload_path,
+)
 from contracts.store import SqliteJobStore
 from tests.trainers.conftest import jsonl, pairs, pointwise
 
@@ -85,3 +92,60 @@ def test_error_late_in_a_large_file_stores_nothing(store: SqliteJobStore, home: 
     with pytest.raises(DatasetError, match="line 501: field 'chosen'"):
         import_dataset(store, home, "\n".join(rows).encode())
     _nothing_stored(store, home)
+
+
+ROBUST = [
+    ("lone_surrogate", b'{"prompt": "a", "chosen": "b \\ud800", "rejected": "c"}\n', "line 1",
+     "'chosen'"),
+    ("surrogate_in_message", jsonl([{"messages": [{"role": "user", "content": "x"}],
+                                     "completion": "y"}])
+     + b'{"messages": [{"role": "user", "content": "\\udfff"}], "completion": "y"}\n',
+     "line 2", "'messages[0].content'"),
+    ("deep_nesting", b'{"prompt": "a", "completion": "b", "x": ' + b"[" * 5000 + b"]" * 5000
+     + b"}\n", "line 1", None),
+    ("huge_integer", b'{"prompt": "a", "completion": "b", "x": 1' + b"0" * 5000 + b"}\n",
+     "line 1", None),
+    ("label_past_float", b'{"prompt": "a", "completion": "b", "label": 1' + b"0" * 400 + b"}\n",
+     "line 1", "'label'"),
+    ("unhashable_role", jsonl([{"messages": [{"role": ["user"], "content": "x"}],
+                                "completion": "y"}]), "line 1", "'messages[0].role'"),
+    ("chat_without_answer", jsonl([{"messages": [{"role": "user", "content": "q"},
+                                                 {"role": "assistant", "content": "a"}]},
+                                   {"messages": [{"role": "user", "content": "q"}]}]),
+     "line 2", "'messages[0].role'"),
+    ("image_part", jsonl([{"messages": [{"role": "user", "content": [{"type": "image_url"}]},
+                                        {"role": "assistant", "content": "a"}]}]),
+     "line 1", "'messages[0].content[0]'"),
+]
+
+
+@pytest.mark.parametrize(("data", "line", "field"), [b[1:] for b in ROBUST],
+                         ids=[b[0] for b in ROBUST])
+def test_hostile_lines_are_refused_with_their_line(
+    store: SqliteJobStore, home: Path, data: bytes, line: str, field: str | None
+) -> None:
+    """Never anything but a DatasetError (a 400): no UnicodeEncodeError when writing, no
+    RecursionError or ValueError from the parser, no OverflowError from a label."""
+    with pytest.raises(DatasetError) as err:
+        import_dataset(store, home, data)
+    assert line in str(err.value)
+    if field:
+        assert f"field {field}" in str(err.value)
+    _nothing_stored(store, home)
+
+
+def test_openai_chat_format_and_uploads_kept(store: SqliteJobStore, home: Path) -> None:
+    row = {"messages": [{"role": "developer", "content": "Be brief."},
+                        {"role": "user", "content": [{"type": "text", "text": "Capital "},
+                                                     {"type": "text", "text": "of France?"}]},
+                        {"role": "assistant", "content": "Paris.", "weight": 1}]}
+    data = jsonl([row])
+    record = import_dataset(store, home, data)
+    assert record.format == "demonstrations"
+    assert load_records(record.path) == [{
+        "messages": [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "Capital of France?"}],
+        "completion": "Paris."}]
+    assert upload_path(record).read_bytes() == data
+    remove_files(record)
+    assert list((home / "datasets").iterdir()) == []
