@@ -101,6 +101,15 @@ class GenerationSpec(Strict):
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
 
 
+class EngineSpec(Strict):
+    """The serving engine that generates a job's data (its OpenAI API). Filled in by the server
+    that accepts the job; a worker on another host may override it with ALIGNSERVE_ENGINE_URL.
+    The key is never stored here: workers read ALIGNSERVE_ENGINE_KEY."""
+
+    base_url: str | None = Field(default=None, max_length=500)
+    model: str | None = Field(default=None, max_length=500, description="Served model name.")
+
+
 class Resources(Strict):
     """Where one job runs: ``devices`` processes (one GPU each on a CUDA host) on each of
     ``nodes`` hosts. ``single`` is one in-process run; ``ddp`` (replicated weights, all-reduced
@@ -241,6 +250,9 @@ class RDPOSpec(_Base):
     )
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     max_prompts: int = Field(default=64, ge=1, description="Prompts used for data synthesis.")
+    engine: EngineSpec | None = Field(
+        default=None, description="Self-critique through this serving engine (it must serve "
+        "the job's base model); filled in by a server that serves it. None: in the worker.")
 
     @field_validator("loss")
     @classmethod
@@ -295,15 +307,6 @@ class AfDSpec(_Base):
     max_prompts: int = Field(default=32, ge=1, description="Prompts sampled for the discriminator.")
     reward_learning_rate: float = Field(default=1e-4, gt=0.0)
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
-
-
-class EngineSpec(Strict):
-    """The serving engine that generates a job's data (its OpenAI API). Filled in by the server
-    that accepts the job; a worker on another host may override it with ALIGNSERVE_ENGINE_URL.
-    The key is never stored here: workers read ALIGNSERVE_ENGINE_KEY."""
-
-    base_url: str | None = Field(default=None, max_length=500)
-    model: str | None = Field(default=None, max_length=500, description="Served model name.")
 
 
 class SynthesisSpec(Strict):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,6 +29,7 @@ from typing import Any, Literal
 import httpx
 
 from contracts.refusal import keyword_refusal
+from contracts.specs import EngineSpec
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +131,11 @@ class EngineClient:
     timeout_s: float = 600.0
 
     async def chat(self, client: httpx.AsyncClient, messages: Messages, *, max_tokens: int,
-                   temperature: float, seed: int, alignment: dict[str, Any] | None = None) -> str:
+                   temperature: float, seed: int, alignment: dict[str, Any] | None = None,
+                   top_p: float = 1.0) -> str:
         body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "max_tokens": max_tokens, "temperature": temperature,
-                                "seed": seed}
+                                "top_p": top_p, "seed": seed}
         if alignment is not None:
             body["alignment"] = alignment
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -186,3 +189,39 @@ async def synthesise(
     async with httpx.AsyncClient(limits=limits, transport=transport) as client:
         await asyncio.gather(*(one(client, i, item) for i, item in enumerate(items)))
     return [r for r in results if r is not None]
+
+
+async def answer_all(
+    engine: EngineClient, conversations: Sequence[Messages], *, max_tokens: int,
+    temperature: float, top_p: float = 1.0, seed: int = 0, concurrency: int = 16,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[str]:
+    """One answer per conversation through the engine, ``concurrency`` in flight, order kept
+    (the engine-side replacement of ``trainers.modeling.sample`` for the served base model)."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(client: httpx.AsyncClient, i: int, messages: Messages) -> str:
+        async with gate:
+            return await engine.chat(client, messages, max_tokens=max_tokens,
+                                     temperature=temperature, top_p=top_p, seed=seed + i)
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(limits=limits, transport=transport) as client:
+        return list(await asyncio.gather(*(one(client, i, m)
+                                           for i, m in enumerate(conversations))))
+
+
+ENGINE_URL_ENV = "ALIGNSERVE_ENGINE_URL"
+ENGINE_KEY_ENV = "ALIGNSERVE_ENGINE_KEY"
+
+
+def served_engine(spec: EngineSpec | None) -> EngineClient | None:
+    """The job's serving engine, or None. A worker's ALIGNSERVE_ENGINE_URL wins over the URL
+    the server filled in (another host reaches the server by another address); the key comes
+    from ALIGNSERVE_ENGINE_KEY, never from the job."""
+    if spec is None or not spec.model:
+        return None
+    base_url = os.environ.get(ENGINE_URL_ENV) or spec.base_url
+    if not base_url:
+        return None
+    return EngineClient(base_url, spec.model, os.environ.get(ENGINE_KEY_ENV) or None)

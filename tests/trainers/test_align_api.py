@@ -144,3 +144,13 @@ def test_cli_follows_until_the_deployment_outcome() -> None:
 def test_cli_reports_a_failed_job() -> None:
     code, said = _follow([], "failed")
     assert code == 1 and said == ["job job-1 failed: boom"]
+
+
+def test_rdpo_jobs_on_the_served_base_critique_through_the_engine(client: TestClient) -> None:
+    dataset = prompts(client)
+    r = client.post("/admin/v1/jobs", json={"method": "rdpo", "dataset": dataset})
+    assert r.status_code == 200, r.text
+    assert r.json()["config"]["engine"] == {"base_url": ENGINE_URL, "model": "tiny"}
+    other = client.post("/admin/v1/jobs", json={"method": "rdpo", "dataset": dataset,
+                                                "model": "/elsewhere/model"})
+    assert other.status_code == 200 and other.json()["config"]["engine"] is None

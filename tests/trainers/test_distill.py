@@ -115,3 +115,38 @@ def test_engine_errors_surface_with_the_status() -> None:
         asyncio.run(synthesise(engine, [PromptItem(user("p"), "benign")],
                                Synthesis({"preset": "harmless"}),
                                transport=httpx.MockTransport(refuse)))
+
+
+def test_answer_all_keeps_order_and_passes_sampling() -> None:
+    from trainers.distill import answer_all
+
+    seen: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        turns = len(body["messages"])
+        return httpx.Response(200, json={"choices": [{"message": {"content": f"t{turns}"}}]})
+
+    chats = [user("a"), [*user("b"), {"role": "assistant", "content": "x"}, *user("c")]]
+    got = asyncio.run(answer_all(EngineClient("http://e", "m"), chats, max_tokens=7,
+                                 temperature=0.7, top_p=0.9, seed=5,
+                                 transport=httpx.MockTransport(answer)))
+    assert got == ["t1", "t3"]
+    assert sorted(b["seed"] for b in seen) == [5, 6]
+    assert all(b["top_p"] == 0.9 and b["temperature"] == 0.7 for b in seen)
+
+
+def test_served_engine_needs_a_model_and_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from contracts.specs import EngineSpec
+    from trainers.distill import ENGINE_KEY_ENV, ENGINE_URL_ENV, served_engine
+
+    monkeypatch.delenv(ENGINE_URL_ENV, raising=False)
+    monkeypatch.setenv(ENGINE_KEY_ENV, "k")
+    assert served_engine(None) is None
+    assert served_engine(EngineSpec(base_url="http://a")) is None
+    engine = served_engine(EngineSpec(base_url="http://a", model="m"))
+    assert engine == EngineClient("http://a", "m", "k")
+    monkeypatch.setenv(ENGINE_URL_ENV, "http://other-host:8000")  # a worker elsewhere
+    assert served_engine(EngineSpec(base_url="http://a", model="m")) == EngineClient(
+        "http://other-host:8000", "m", "k")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,16 +18,20 @@ import httpx
 from torch import Tensor
 
 from contracts.specs import AlignSpec
-from trainers.distill import EngineClient, PromptItem, Synthesis, build_pairs, synthesise
+from trainers.distill import (
+    ENGINE_URL_ENV,
+    EngineClient,
+    PromptItem,
+    Synthesis,
+    build_pairs,
+    served_engine,
+    synthesise,
+)
 from trainers.loop import Stage, TrainContext
 from trainers.recipes.base import Recipe, Records
 from trainers.recipes.stages import PairStage, PointwiseStage, SFTStage
 
 logger = logging.getLogger(__name__)
-
-ENGINE_URL_ENV = "ALIGNSERVE_ENGINE_URL"
-ENGINE_KEY_ENV = "ALIGNSERVE_ENGINE_KEY"
-
 
 class AlignDataError(ValueError):
     """The prompts cannot be distilled (no kind, no engine): the job fails without a retry."""
@@ -44,14 +47,12 @@ def prompt_items(records: Records, limit: int) -> list[PromptItem]:
 
 
 def engine_client(spec: AlignSpec) -> EngineClient:
-    """The job's engine; a worker's own setting wins (another host reaches the server by
-    another address than the server's own loopback)."""
-    base_url = os.environ.get(ENGINE_URL_ENV) or spec.engine.base_url
-    if not base_url or not spec.engine.model:
+    engine = served_engine(spec.engine)
+    if engine is None:
         raise AlignDataError(
             "align generates through a serving engine: submit it to a server (which fills in "
             f"'engine'), or set {ENGINE_URL_ENV} on the worker and 'engine.model' in the job")
-    return EngineClient(base_url, spec.engine.model, os.environ.get(ENGINE_KEY_ENV) or None)
+    return engine
 
 
 def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, Any]:

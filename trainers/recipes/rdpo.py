@@ -11,6 +11,7 @@ trains on the same pairs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from contracts.specs import RDPOSpec
+from trainers.distill import answer_all, served_engine
 from trainers.loop import Stage, TrainContext
 from trainers.modeling import Messages, sample
 from trainers.recipes.base import Recipe, Records
@@ -28,12 +30,19 @@ logger = logging.getLogger(__name__)
 
 
 def self_critique(ctx: TrainContext, spec: RDPOSpec, prompts: list[Messages]) -> Records:
-    """Answer, critique, revise (three sampling rounds over all prompts, base weights)."""
+    """Answer, critique, revise (three sampling rounds over all prompts, base weights): through
+    the serving engine when the job has one (it serves this very base model), else here."""
     hp, gen = spec.hyperparameters, spec.generation
     system = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else []
     chats = [system + p for p in prompts]
+    engine = served_engine(spec.engine)
 
     def turn(history: list[Messages]) -> list[str]:
+        ctx.control.check()
+        if engine is not None:
+            return asyncio.run(answer_all(engine, history, max_tokens=gen.max_new_tokens,
+                                          temperature=gen.temperature, top_p=gen.top_p,
+                                          seed=hp.seed))
         return sample(ctx.policy, ctx.tokenizer, history, gen, use_base=True,
                       max_prompt_length=hp.max_prompt_length)
 
