@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 Phase = Literal["loading", "restoring", "ready", "failed", "stopping"]
 FAILURE_GRACE_S = 3.0
+WATCH_INTERVAL_S = 1.0  # how often a change of the engine's health is looked for (to log it)
 # /health: the error code and Retry-After (None: retrying will not help) of each state.
 _CODES: dict[str, tuple[str, int | None]] = {
     "starting": ("model_loading", 5),
@@ -131,6 +132,7 @@ class Startup:
             logger.exception("deployments not reconciled at start; retrying in the background")
 
     def _start_loops(self) -> None:
+        self._tasks.append(asyncio.create_task(self._log_health_changes()))
         if self.reconciler is not None:
             self._tasks.append(asyncio.create_task(self.reconciler.run()))
         if self.training is not None and self.deployments is not None:
@@ -138,6 +140,22 @@ class Startup:
 
             auto = AutoDeployer(self.training, self.deployments)
             self._tasks.append(asyncio.create_task(auto.run()))
+
+
+    async def _log_health_changes(self) -> None:
+        """A log line when the engine stalls, dies or recovers, whether or not /health is
+        polled (its state otherwise only exists when someone asks)."""
+        last = "ready"
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            health = self.engine.health()
+            if health.state == last:
+                continue
+            if health.ok:
+                logger.warning("engine healthy again (was %s)", last)
+            else:
+                logger.error("engine %s: %s", health.state, health.message)
+            last = health.state
 
 
 def health_response(health: EngineHealth, running: int, waiting: int) -> JSONResponse:

@@ -5,8 +5,8 @@ Finite tensors (``server/checkpoint_gate.py``) are not enough: an adapter whose 
 scaled by 1e3 is finite, loads, produces tokens, and answers garbage. So before an adapter goes
 live, the weights it runs on (the base, or the full deployment serving now) answer a fixed prompt
 greedily (``GATE_TOKENS`` tokens, cached per weights), and the staged adapter scores that same
-answer, teacher-forced, in one prefill with prompt log-probabilities. The measure is the mean
-per-token drop in log-probability of the base's answer under the adapter (nats/token):
+answer, teacher-forced (one forced token per position). The measure is the mean per-token drop
+in log-probability of the base's answer under the adapter (nats/token):
 
     drop = mean_t [ log p_base(y_t | x, y_<t) - log p_adapter(y_t | x, y_<t) ]
 
@@ -93,25 +93,38 @@ class AdapterGate:
     async def _score(
         self, version: ModelVersion, prompt: list[int], answer: list[int], base_lps: list[float]
     ) -> Resemblance:
+        """The adapter's log-probability (and rank) of each token of the base's answer.
+
+        One request per position, ``prompt + answer[:t]`` forced (``allowed_token_ids``) to
+        ``answer[t]``: vLLM reports a sampled token's log-probability and rank from the raw
+        logits, before the mask, so they are the adapter's own. (Prompt log-probabilities would
+        score the answer in one prefill, but vLLM's LoRA logits path maps one row per request,
+        not per prompt token: with other requests in the batch the engine core fails.) The
+        requests share their prompt, so the prefix cache makes each one a short step.
+        """
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         from server.engine.vllm_convert import lora_request
 
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=0, prompt_logprobs=1,
-                                detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
-        out = await self._run(prompt + answer, params, lora_request(version))
-        completion = out.outputs[0]
-        sampled = [entry[t].logprob for t, entry in zip(completion.token_ids,
-                                                          completion.logprobs or [], strict=True)]
-        if not sampled:
-            raise RuntimeError(f"smoke generation on {version.label} produced no tokens")
-        entries = list(out.prompt_logprobs or [])[-len(answer):]
-        scored = [entry[t] for t, entry in zip(answer, entries, strict=True) if entry is not None]
+        def forced(token: int) -> Any:
+            return SamplingParams(max_tokens=1, temperature=0.0, logprobs=0,
+                                  allowed_token_ids=[token], detokenize=False,
+                                  output_kind=RequestOutputKind.FINAL_ONLY)
+
+        lora = lora_request(version)
+        outs = await asyncio.gather(*(
+            self._run(prompt + answer[:t], forced(token), lora) for t, token in enumerate(answer)
+        ))
+        scored = []
+        for token, out in zip(answer, outs, strict=True):
+            completion = out.outputs[0]
+            if list(completion.token_ids) != [token] or not completion.logprobs:
+                raise RuntimeError(f"gate generation on {version.label} did not produce the "
+                                   f"forced token {token} (non-finite logits?)")
+            scored.append(completion.logprobs[0][token])
         lps = [s.logprob for s in scored]
-        if len(scored) != len(answer) or not all(
-            math.isfinite(lp) or lp == -math.inf for lp in [*sampled, *lps]
-        ):
+        if not all(math.isfinite(lp) or lp == -math.inf for lp in lps):
             raise RuntimeError(
                 f"smoke generation on {version.label} gave a non-finite distribution "
                 "(NaN or infinite weights?)"
