@@ -182,6 +182,8 @@ class RequestPreparer:
             prompts = [list(p) for p in req.prompt]  # type: ignore[arg-type]
         if any(not p for p in prompts):
             raise InvalidRequestError("prompt must not be empty", param="prompt")
+        if req.echo and req.logprobs is not None:
+            self._check_prompt_logprobs(model)
         echo = None
         if req.echo:  # the prompt as sent; token prompts as their text
             echo = tuple(texts) if texts is not None else tuple(renderer.decode(p) for p in prompts)
@@ -204,6 +206,19 @@ class RequestPreparer:
             False,
             echo=echo,
         )
+
+    def _check_prompt_logprobs(self, model: str) -> None:
+        """Prompt log-probabilities are served on the base model only: vLLM's LoRA logits path
+        cannot tell which adapter a request's prompt rows belong to (the CPU ops then treat
+        them as the base model's, server/engine/cpu_lora_ops.py)."""
+        card = next((c for c in self.engine.model_cards() if c.id == model), None)
+        if card is None or card.parent is not None:
+            raise InvalidRequestError(
+                "echo with logprobs (prompt log-probabilities) is served on the base model "
+                "only: vLLM cannot apply a deployed adapter to the prompt's rows. Send echo "
+                "without logprobs, or use the base model.",
+                param="echo",
+            )
 
     def _options(
         self, req: Any, max_tokens: int | None, prompt_len: int, logprobs: int | None, param: str

@@ -77,8 +77,15 @@ def apply_groups(inputs: Tensor, weights: Tensor, groups: Groups, dtype: torch.d
 
 
 def _per_slot(inputs: Tensor, weights: Tensor, slots: Tensor, dtype: torch.dtype) -> Tensor:
-    if slots.numel() == 1 and inputs.shape[0] != 1:  # one slot for the whole batch
-        slots = slots.expand(inputs.shape[0])
+    if slots.numel() != inputs.shape[0]:
+        # One slot for the whole batch; or prompt log-probabilities (``echo``), for which vLLM
+        # runs the LM head on one request's prompt rows with the step's per-request sampler
+        # slots: those rows cannot be matched to a slot, and a mixed batch would index out of
+        # shape and kill the engine core. One slot in use: it is that request's. Several: the
+        # request is a base-model one (the API refuses ``echo`` logprobs on deployments).
+        single = slots.numel() >= 1 and bool((slots == slots.flatten()[0]).all())
+        fill = int(slots.flatten()[0]) if single else -1
+        slots = slots.new_full((inputs.shape[0],), fill)
     return apply_groups(inputs, weights, group_slots(slots), dtype)
 
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from server.api.app import create_app
 from server.auth import KeyRing
-from server.engine.types import StructuredOutput
+from server.engine.types import ModelCard, StructuredOutput
 from tests.fakes import VOCAB, FakeEngine
 
 USER = "user-key-1"
@@ -241,6 +241,32 @@ def test_echo_of_token_prompts_is_their_text(client: TestClient, engine: FakeEng
     r = client.post("/v1/completions",
                     json={"model": "fake-model", "prompt": ids, "echo": True, "max_tokens": 1})
     assert r.json()["choices"][0]["text"] == "Hi!"
+
+
+def test_echo_logprobs_only_on_the_base_model(client: TestClient, engine: FakeEngine) -> None:
+    cards = [*engine.model_cards(), ModelCard(id="my-dpo", root="fake-model", parent="fake-model")]
+    engine.model_cards = lambda: cards  # type: ignore[method-assign]
+    engine.resolve_model = lambda name: name  # type: ignore[method-assign]
+    body = {"model": "my-dpo", "prompt": "Hey", "echo": True, "max_tokens": 1}
+    assert client.post("/v1/completions", json=body).status_code == 200  # text only: fine
+    message = error(client.post("/v1/completions", json={**body, "logprobs": 1}), "echo")
+    assert "base model" in message
+
+
+def test_prompt_rows_in_a_mixed_adapter_batch_do_not_crash() -> None:
+    """vLLM runs the LM head on a request's prompt rows with the step's per-request LoRA slots
+    (echo logprobs): rows and slots differ in number. The CPU ops must not index out of shape
+    (that killed the engine core); with several slots the rows are the base model's."""
+    import torch
+
+    from server.engine.cpu_lora_ops import bgmv_shrink
+
+    rows, weights = torch.randn(5, 8), torch.randn(2, 1, 4, 8)
+    out = torch.ones(5, 4)
+    bgmv_shrink(rows, weights, out, torch.tensor([0, -1]))  # an adapter and a base request
+    assert torch.equal(out, torch.zeros(5, 4))  # no adapter applied to the base's prompt rows
+    bgmv_shrink(rows, weights, out, torch.tensor([1, 1]))  # one slot in the step: it is theirs
+    assert torch.allclose(out, rows @ weights[1, 0].T)
 
 
 # -- aliases and fields accepted and ignored ----------------------------------------------------
