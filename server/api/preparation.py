@@ -182,6 +182,12 @@ class RequestPreparer:
             prompts = [list(p) for p in req.prompt]  # type: ignore[arg-type]
         if any(not p for p in prompts):
             raise InvalidRequestError("prompt must not be empty", param="prompt")
+        if texts is None:  # token ids: the tokenizer would raise on them while decoding the echo
+            vocab = renderer.vocab_size
+            bad = next((t for p in prompts for t in p if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InvalidRequestError(
+                    f"token id {bad} is outside the vocabulary (0..{vocab - 1})", param="prompt")
         if req.echo and req.logprobs is not None:
             self._check_prompt_logprobs(model)
         echo = None

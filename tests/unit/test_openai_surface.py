@@ -288,3 +288,19 @@ def test_ignored_fields_are_accepted(client: TestClient) -> None:
     assert r.status_code == 200
     error(client.post("/v1/chat/completions", json=chat(store="no")), "store")
     error(client.post("/v1/chat/completions", json=chat(metadata={"k": 1})), "metadata.k")
+
+
+@pytest.mark.parametrize("prompt", [[-1], [5, 10**9], [[1, 2], [-72949]]])
+def test_token_prompts_outside_the_vocabulary_are_400s_even_with_echo(prompt: object) -> None:
+    """The schema fuzzer's find: a negative id in an echoed prompt crashed the decoder (500)."""
+    from fastapi.testclient import TestClient
+
+    from server.api.app import create_app
+    from server.auth import KeyRing
+    from tests.fakes import FakeEngine
+
+    with TestClient(create_app(FakeEngine(), KeyRing.build([], []))) as client:
+        r = client.post("/v1/completions", json={"model": "fake-model", "prompt": prompt,
+                                                 "echo": True, "max_tokens": 1})
+    assert r.status_code == 400, r.text
+    assert "outside the vocabulary" in r.json()["error"]["message"]
