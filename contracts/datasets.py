@@ -53,6 +53,7 @@ METHOD_FORMATS: dict[str, tuple[str, ...]] = {
     "ld_align": ("demonstrations",),
     "afd": ("demonstrations",),
     "align": ("prompts",),
+    "sft": ("demonstrations",),
 }
 
 

@@ -214,6 +214,13 @@ class DPOSpec(_Base):
         return self
 
 
+class SFTSpec(_Base):
+    """Supervised fine-tuning on demonstrations: the per-token mean NLL of the answers (OpenAI's
+    ``supervised`` method)."""
+
+    method: Literal["sft"]
+
+
 class _PointwiseBase(_Base):
     log_z: float = Field(default=0.0, description="Constant standing in for log Z(x) (ULMA: 0).")
 
@@ -367,10 +374,12 @@ def total_steps(spec: _Base) -> int:
 
 
 JobSpec = Annotated[
-    DPOSpec | PointwiseDPOSpec | ULMASpec | RDPOSpec | LDAlignSpec | AfDSpec | AlignSpec,
+    DPOSpec | SFTSpec | PointwiseDPOSpec | ULMASpec | RDPOSpec | LDAlignSpec | AfDSpec
+    | AlignSpec,
     Field(discriminator="method"),
 ]
-METHODS: tuple[str, ...] = ("dpo", "pointwise_dpo", "ulma", "ld_align", "afd", "rdpo", "align")
+METHODS: tuple[str, ...] = (
+    "dpo", "sft", "pointwise_dpo", "ulma", "ld_align", "afd", "rdpo", "align")
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
 
 

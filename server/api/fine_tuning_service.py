@@ -172,8 +172,7 @@ class FineTuningService:
         method = OPENAI_METHODS[kind]
         if method is None or method not in _SPECS:
             available = ", ".join(k for k, m in OPENAI_METHODS.items() if m in _SPECS)
-            why = ("there is no plain supervised (SFT) recipe; demonstrations train with afd or "
-                   "ld_align" if kind == "supervised" else "it is not implemented here")
+            why = "it is not implemented here"
             raise InvalidRequestError(f"method {kind!r} is not available on this server: {why}. "
                                       f"Available: {available}", param="method.type",
                                       code="method_not_available")

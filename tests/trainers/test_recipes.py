@@ -73,6 +73,23 @@ def test_dpo_full_finetuning_changes_the_weights(
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_dpo_with_the_chosen_nll_lowers_the_chosen_answers_nll(
+        make_job: Callable[..., Job], store: SqliteJobStore, home: Path) -> None:
+    job = make_job("dpo", pairs(), rpo_alpha=1.0, hyperparameters={"max_steps": 6, **LR})
+    history, _ = _run(store, home, job)
+    assert history[0]["loss"] > 0.693147 + 0.1  # log 2 plus the NLL term
+    assert history[-1]["nll/chosen"] < history[0]["nll/chosen"]
+
+
+def test_sft_lowers_the_answers_nll(make_job: Callable[..., Job], store: SqliteJobStore,
+                                    home: Path) -> None:
+    job = make_job("sft", demonstrations(), hyperparameters={"max_steps": 6, **LR})
+    history, folder = _run(store, home, job)
+    assert history[-1]["loss"] < history[0]["loss"] - 0.1
+    _lora_changed(folder)
+    assert _manifest(folder)["config"]["method"] == "sft"
+
+
 @pytest.mark.parametrize("method", ["pointwise_dpo", "ulma"])
 def test_pointwise_methods_push_negatives_down(
     method: str, make_job: Callable[..., Job], store: SqliteJobStore, home: Path

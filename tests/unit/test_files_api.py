@@ -228,7 +228,8 @@ def test_auto_and_extensions(client: TestClient, store: SqliteJobStore, file_id:
     ({"method": dpo(nonsense=1)}, "method.dpo.hyperparameters.nonsense"),
     ({"method": dpo(n_epochs=1, max_steps=3)}, "method.dpo.hyperparameters.max_steps"),
     ({"method": {"type": "ppo"}}, "method.type"),
-    ({"method": {"type": "supervised"}}, "method.type"),
+    ({"method": {"type": "supervised"}}, "training_file"),  # preference data, SFT method
+    ({"method": {"type": "reinforcement"}}, "method.type"),
     ({"method": {"type": "ulma"}}, "training_file"),  # preference data, point-wise method
     ({"integrations": [{"type": "wandb"}]}, "integrations"),
     ({"hyperparameters": {"n_epochs": 1}, "method": dpo()}, None),
@@ -312,3 +313,13 @@ def test_status_waits_for_the_deployment(
     assert (get()["status"], get()["fine_tuned_model"]) == ("succeeded", name)
     store.add_event(job_id, "x", data={"deployment": name, "status": "failed", "reason": "gate"})
     assert get()["status"] == "failed" and "gate" in get()["error"]["message"]
+
+
+def test_supervised_trains_sft_on_chat_files(client: TestClient) -> None:
+    chat = upload(client, jsonl([CHAT] * 4)).json()
+    r = create(client, chat["id"], suffix="sft",
+               method={"type": "supervised", "supervised": {"hyperparameters": {
+                   "n_epochs": 1, "batch_size": 2}}})
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["method"]["type"] == "supervised" and job["total_steps"] == 2

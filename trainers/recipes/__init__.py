@@ -14,10 +14,11 @@ from trainers.recipes.dpo import DPO
 from trainers.recipes.ld_align import LD_ALIGN
 from trainers.recipes.pointwise import POINTWISE_DPO, ULMA
 from trainers.recipes.rdpo import RDPO
+from trainers.recipes.sft import SFT
 
 for _name, _recipe in (
     ("dpo", DPO), ("pointwise_dpo", POINTWISE_DPO), ("ulma", ULMA), ("rdpo", RDPO),
-    ("ld_align", LD_ALIGN), ("afd", AFD), ("align", ALIGN),
+    ("ld_align", LD_ALIGN), ("afd", AFD), ("align", ALIGN), ("sft", SFT),
 ):
     RECIPES.register(_name, _recipe)
 
