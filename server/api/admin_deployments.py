@@ -27,8 +27,8 @@ class DeploymentRequest(BaseModel):
     )
     name: str = Field(
         min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9._-]+$",
+        max_length=160,
+        pattern=r"^[A-Za-z0-9._:-]+$",  # as the job spec's deploy names (ft:<base>:<sfx>:<id>)
         description="Served name; requests use it as `model` (or `name@version`).",
     )
     mode: Literal["adapter", "full"] = Field(

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse
 
 from contracts.datasets import upload_path
 from contracts.store import DatasetRecord
-from server.api.admin_jobs import Training
+from server.api.admin_jobs import Training, read_form
 from server.api.fine_tuning import TrainingScope
 from server.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 
@@ -60,7 +60,10 @@ def clean_filename(name: str | None) -> str | None:
 @router.post("")
 async def create_file(request: Request, _: TrainingScope, training: Training) -> dict[str, Any]:
     limit = training.max_dataset_bytes
-    form = await request.form(max_part_size=limit + 1)
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise InvalidRequestError("send the file as multipart/form-data ('file' and 'purpose' "
+                                  "parts)", param="file")
+    form = await read_form(request)  # the admin upload's limits on every other part
     purpose = form.get("purpose")
     if not isinstance(purpose, str):
         raise InvalidRequestError("multipart field 'purpose' is required ('fine-tune')",

@@ -323,3 +323,10 @@ def test_supervised_trains_sft_on_chat_files(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     job = r.json()
     assert job["method"]["type"] == "supervised" and job["total_steps"] == 2
+
+
+def test_non_file_fields_have_the_admin_upload_limits(client: TestClient) -> None:
+    big = "x" * (64 * 1024 + 1)
+    r = client.post("/v1/files", files={"file": ("t.jsonl", jsonl([CHAT]))},
+                    data={"purpose": "fine-tune", "note": big})
+    assert r.status_code == 413, r.text
