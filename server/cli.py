@@ -160,8 +160,8 @@ def _data_pull(args: argparse.Namespace) -> int:
 
     settings = Settings()
     paths = pull_datasets(settings.home, names=args.names or None, progress=_progress)
-    for name, path in paths.items():
-        _progress(f"{name}: {path}")
+    for path in paths.values():  # stdout: the files, for scripts (PAIRS=$(... data pull x))
+        sys.stdout.write(f"{path}\n")
     return 0
 
 
