@@ -363,7 +363,7 @@ class DeploymentService:
 
     def _require_engine(self) -> None:
         if not self.engine.ready:  # starting (most often), dead or shutting down
-            why = self.engine.health().message or "the engine is not ready"
+            why = self.engine.health().message or "the server is still starting"
             raise ServiceUnavailableError(f"deployment changes need a ready engine: {why}",
                                           retry_after_s=10)
 

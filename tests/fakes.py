@@ -144,6 +144,9 @@ class FakeEngine:
     async def start(self) -> None:
         return None
 
+    def open(self) -> None:
+        return None
+
     async def shutdown(self) -> None:
         return None
 

@@ -115,6 +115,7 @@ class Startup:
             return
         self._enter("restoring")
         await self._restore()
+        self.engine.open()
         self._start_loops()
         self._enter("ready")
         logger.info("ready to serve %.1f s after start-up began", time.monotonic() - started)

@@ -124,7 +124,7 @@ class VLLMDeployer:
             and version.loaded
             and version.inflight == 0
             and version.state in ("retired", "failed")
-            and self.engine.ready
+            and self.engine.alive
         ):
             version.loaded = False
             await self.engine.llm.remove_lora(version.lora_id)

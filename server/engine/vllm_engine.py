@@ -62,6 +62,7 @@ class VLLMEngine:
         self._building: asyncio.Future[Any] | None = None
         self._children_before: set[Any] = set()
         self.watchdog = Watchdog(stall_s)
+        self._open = False  # requests admitted (set once the live deployments are restored)
         self._renderer: HFChatRenderer | None = None
         self._table: DeploymentTable | None = None
         self.runner: RunnerInfo | None = None
@@ -77,7 +78,16 @@ class VLLMEngine:
     # -- lifecycle -------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
+        """Serving requests: alive and opened (after start-up restored the deployments)."""
+        return self._open and self.alive
+
+    @property
+    def alive(self) -> bool:
+        """Started, not stopping, engine core running: enough for the gate's own requests."""
         return self._llm is not None and not self._stopping and not self._llm.errored
+
+    def open(self) -> None:
+        self._open = True
 
     @property
     def max_model_len(self) -> int:
@@ -225,7 +235,7 @@ class VLLMEngine:
 
     # -- requests --------------------------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> AsyncIterator[list[GenerationDelta]]:
-        if not self.ready:
+        if not (self.ready or (request.allow_staged and self.alive)):  # gate requests: alive
             raise ServiceUnavailableError("the engine is not ready", retry_after_s=5)
         self.table.lookup(request.model, allow_staged=request.allow_staged)
         if request.alignment is not None:

@@ -100,14 +100,16 @@ def test_deployments_are_restored_only_once_the_engine_is_ready(tmp_path: Path) 
     store.set_live("live-one", number)
     engine = DeployingEngine(home / "models" / "base")
     slow = SlowStart(engine)
+    live_when_opened: list[dict[str, str]] = []
+    engine.open = lambda: live_when_opened.append(engine.deployer.live())  # type: ignore
     app = create_app(engine, KeyRing.build([], []), home=home, store=store)
     with TestClient(app) as client:
         time.sleep(0.3)
         assert engine.deployer.calls == [] and client.get("/health").status_code == 503
         slow.release.set()
         wait_for(lambda: client.get("/health").status_code == 200)
-        # /health says ready only after the live deployment is in place
-        assert engine.deployer.live() == {"live-one": "live-one@1"}
+        # requests are admitted, and /health says ready, only once the deployment is back
+        assert live_when_opened == [{"live-one": "live-one@1"}]
     assert isinstance(store.desired()["live-one"], DeploymentVersion)
 
 
