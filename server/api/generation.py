@@ -37,8 +37,16 @@ class GenerationService:
         self.engine = engine
         self.presets = presets
         self.metrics = metrics
-        self.rewards = rewards
         self._preparer = RequestPreparer(engine, presets, rewards, tool_parser)
+
+    @property
+    def rewards(self) -> RewardModels | None:
+        """The reward models of Best-of-N; the preparer owns them (it checks requests)."""
+        return self._preparer.rewards
+
+    @rewards.setter
+    def rewards(self, value: RewardModels | None) -> None:
+        self._preparer.rewards = value
 
     # -- preparation (server/api/preparation.py) ---------------------------------------------
     def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
