@@ -14,23 +14,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
+from server.api.admin_jobs import Training
 from server.api.deps import AdminScope
 from server.console.evaluations import EvaluationRuns
 from server.console.schema import job_schema
-from server.errors import NotFoundError, ServiceUnavailableError
-from server.training import TrainingService, checkpoint_view
+from server.errors import NotFoundError
+from server.training import checkpoint_view
 
 router = APIRouter(prefix="/admin/v1")
-
-
-def _training(request: Request) -> TrainingService:
-    service: TrainingService | None = getattr(request.app.state, "training", None)
-    if service is None:
-        raise ServiceUnavailableError("training is not enabled on this server")
-    return service
-
-
-Training = Annotated[TrainingService, Depends(_training)]
 
 
 def _runs(training: Training) -> EvaluationRuns:
