@@ -165,6 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spec = {"method": "align", "dataset": prompts, "preset": args.preset,
                 "alpha": args.la_alpha, "rpo_alpha": args.rpo_alpha, "objective": "dpo",
                 "lora": lora({}), "engine": {"base_url": server.base_url, "model": model},
+                "synthesis": {"max_tokens": args.synth_tokens},
                 "hyperparameters": {"max_steps": args.steps, "batch_size": args.batch_size,
                                     "learning_rate": args.lr, "max_length": 384,
                                     "max_prompt_length": 192, "checkpoint_every": 1000,
@@ -232,6 +233,7 @@ def main() -> int:
     p.add_argument("--output", default=str(REPO_ROOT / "bench" / "results" / "align"))
     p.add_argument("--prompts", type=int, default=200)
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--synth-tokens", type=int, default=96, help="Answer length in synthesis.")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--rpo-alpha", type=float, default=1.0)

@@ -119,8 +119,8 @@ class Settings(BaseSettings):
         "base's answer to the gate prompt, in nats per token.",
     )
     log_level: str = "info"
-    graceful_shutdown_s: float = Field(
-        default=30.0, gt=0,
+    graceful_shutdown_s: int = Field(
+        default=30, ge=1,
         description="On SIGTERM, how long open requests may finish before they are cut. "
         "Unbounded waiting would hang: the training workers stop only after the requests "
         "end, and an align job's requests come from a worker.",
