@@ -99,8 +99,9 @@ class AdapterGate:
         ``answer[t]``: vLLM reports a sampled token's log-probability and rank from the raw
         logits, before the mask, so they are the adapter's own. (Prompt log-probabilities would
         score the answer in one prefill, but vLLM's LoRA logits path maps one row per request,
-        not per prompt token: with other requests in the batch the engine core fails.) The
-        requests share their prompt, so the prefix cache makes each one a short step.
+        not per prompt token: with other requests in the batch they cannot be attributed to the
+        adapter, see docs/operations.md.) The requests share their prompt, so the prefix cache
+        makes each one a short step.
         """
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
