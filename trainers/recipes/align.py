@@ -33,6 +33,7 @@ from trainers.recipes.stages import PairStage, PointwiseStage, SFTStage
 
 logger = logging.getLogger(__name__)
 
+
 class AlignDataError(ValueError):
     """The prompts cannot be distilled (no kind, no engine): the job fails without a retry."""
 
