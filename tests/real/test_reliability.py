@@ -47,10 +47,10 @@ def served(
         "ALIGNSERVE_STORE_URL": own_store(tmp_path_factory.mktemp("rel-store")),
     })
     seen: list[tuple[int, str, str | None]] = []
-    stop = threading.Event()
 
-    def watch() -> None:  # /health and /v1 from the moment the port opens until ready
-        while not stop.is_set():
+    def watch() -> None:  # /health and /v1 from the moment the port opens until it says ready
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
             try:
                 r = httpx.get(f"{server.base_url}/health", timeout=5)
                 status = r.json().get("status", "")
@@ -58,17 +58,18 @@ def served(
                 if r.status_code == 200:
                     return
                 chat = httpx.post(f"{server.base_url}/v1/chat/completions", headers=USER,
-                                  json={"model": BASE, "messages": HELLO}, timeout=5)
-                seen.append((chat.status_code, chat.json()["error"]["message"], None))
-            except httpx.HTTPError:
-                pass
+                                  json={"model": BASE, "messages": HELLO, "max_tokens": 1},
+                                  timeout=5)
+                error = chat.json().get("error") or {}  # ready in between: a 200 answer
+                seen.append((chat.status_code, str(error.get("message", "")), None))
+            except (httpx.HTTPError, ValueError):
+                pass  # the port is not open yet
             time.sleep(0.5)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     server.start()
-    stop.set()
-    watcher.join(10)
+    watcher.join(60)  # it stops at its own first 200, which server.start() has just seen
     yield server, seen
     server.stop()
 
