@@ -293,9 +293,12 @@ class PostgresJobStore(SqlJobOps):
             _event(conn, job_id, f"resumable checkpoint at step {step}", data={"step": step})
 
     def truncate_metrics(self, job_id: str, after_step: int) -> None:
-        """Drop metrics past a resume point: those steps are about to be trained again."""
+        """Drop metrics past a resume point: those steps are about to be trained again, and
+        the job's progress goes back to that point with them."""
         with self._write() as conn:
             conn.execute("DELETE FROM metrics WHERE job_id=%s AND step>%s", (job_id, after_step))
+            conn.execute("UPDATE jobs SET step=%s WHERE id=%s AND step>%s",
+                         (after_step, job_id, after_step))
 
     def metrics(self, job_id: str) -> list[dict[str, Any]]:
         with self._conn() as conn:

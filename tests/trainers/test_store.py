@@ -122,6 +122,9 @@ def test_requeued_job_keeps_its_resume_point(store: Store) -> None:
     job = store.claim("w2", lease_s=30)
     assert job is not None and job.resume_path == "/x/step-00000001" and job.attempts == 2
     store.truncate_metrics(job_id, 1)
+    # Progress goes back to the resume point with the metrics (a waiter on job.step must not
+    # see the previous run's step 2 as this run's).
+    assert store.get_job(job_id).step == 1  # type: ignore[union-attr]
     store.record_step(job_id, 2, {"loss": 0.8})
     assert [m["step"] for m in store.metrics(job_id)] == [1, 2]
     assert store.metrics(job_id)[-1]["loss"] == 0.8
