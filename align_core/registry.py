@@ -1,4 +1,5 @@
-"""A small name -> entry registry, one per call signature (STYLE.md rule 4).
+"""A small name -> entry registry, one per call signature (pair losses, point-wise losses,
+weightings, principle presets); a duplicate name is an error, an unknown name lists the valid ones.
 
 Trainers and config validation read the valid names from a registry instead of typing lists of
 names by hand. Each registry stores frozen dataclass entries that carry the function and its
