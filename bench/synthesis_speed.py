@@ -37,26 +37,16 @@ from bench.common import (  # noqa: E402
 )
 from contracts.specs import GenerationSpec, LoraSpec  # noqa: E402
 from server.align_prompts import training_prompts  # noqa: E402
-from trainers.distill import EngineClient, PromptItem, Synthesis  # noqa: E402
+from trainers.distill import EngineClient, PromptItem, answer_all  # noqa: E402
 from trainers.modeling import load_policy, load_tokenizer, sample  # noqa: E402
 
 logger = logging.getLogger("bench.synthesis_speed")
 
 
-async def engine_answers(engine: EngineClient, items: list[PromptItem], max_tokens: int,
-                         concurrency: int) -> list[str]:
-    import httpx
-
-    gate = asyncio.Semaphore(concurrency)
-    synthesis = Synthesis({}, max_tokens, 0.0, 0, concurrency)
-
-    async def one(client: httpx.AsyncClient, item: PromptItem) -> str:
-        async with gate:
-            return await engine.chat(client, item.messages, max_tokens=synthesis.max_tokens,
-                                     temperature=0.0, seed=0)
-
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency + 4)) as c:
-        return list(await asyncio.gather(*(one(c, i) for i in items)))
+def engine_answers(engine: EngineClient, items: list[PromptItem], max_tokens: int,
+                   concurrency: int) -> list[str]:
+    return asyncio.run(answer_all(engine, [i.messages for i in items], max_tokens=max_tokens,
+                                  temperature=0.0, concurrency=concurrency))
 
 
 def main() -> int:
@@ -90,7 +80,7 @@ def main() -> int:
         torch.set_num_threads(os.cpu_count() or 1)
         gen = GenerationSpec(max_new_tokens=args.max_tokens, temperature=0.0)
         chats = [i.messages for i in items]
-        asyncio.run(engine_answers(engine, items[:4], 8, 4))  # warm both paths
+        engine_answers(engine, items[:4], 8, 4)  # warm both paths
         sample(policy, tokenizer, chats[:2], gen)
         for r in range(args.rounds):
             entry: dict[str, Any] = {}
@@ -100,8 +90,8 @@ def main() -> int:
                 watched = server.processes() if side == "engine" else []
                 with CpuWindow(watched) as window:
                     if side == "engine":
-                        texts = asyncio.run(engine_answers(engine, items, args.max_tokens,
-                                                           args.concurrency))
+                        texts = engine_answers(engine, items, args.max_tokens,
+                                               args.concurrency)
                     else:
                         texts = sample(policy, tokenizer, chats, gen)
                 entry[side] = {"wall_s": window.wall_s, "foreign_cores": window.foreign_cores,
