@@ -54,7 +54,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "rpo_alpha": 1.0, "lora": {"r": 8, "alpha": 16, "target_modules": ATTENTION}}),
     "dpo+nll1 lr5e-5": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 5e-5}),
     "dpo+nll1 half data": ("dpo", "pairs", {"rpo_alpha": 1.0, "fraction": 0.5}),
-    "sft": ("ulma", "pointwise", {"sft_only": True}),
+    "sft": ("sft", "demonstrations", {}),
     "ulma": ("ulma", "pointwise", {}),
     "pointwise_dpo": ("pointwise_dpo", "pointwise", {}),
     "rdpo": ("rdpo", "pairs", {}),
@@ -115,8 +115,6 @@ def variant_spec(name: str, dataset: str, args: argparse.Namespace,
                             "hyperparameters": hp, "deploy": {"name": slug(name)}}
     if "rpo_alpha" in overrides:
         spec["rpo_alpha"] = overrides["rpo_alpha"]
-    if overrides.get("sft_only"):
-        spec["loss"] = "ulma"  # positives only below: ULMA's SFT term alone
     return spec
 
 
@@ -133,14 +131,12 @@ def derived_datasets(admin: Admin, pairs: list[dict[str, Any]]) -> dict[str, str
     point = [row for p in pairs for row in (
         {"messages": p["messages"], "completion": p["chosen"], "label": True},
         {"messages": p["messages"], "completion": p["rejected"], "label": False})]
-    positives = [r for r in point if r["label"]]
     demos = [{"messages": p["messages"], "completion": p["chosen"]} for p in pairs]
     half = pair_rows[: len(pair_rows) // 2]
     return {
         "pairs": admin.upload("pairs.jsonl", jsonl(pair_rows), "pairs"),
         "pairs-half": admin.upload("pairs-half.jsonl", jsonl(half), "pairs"),
         "pointwise": admin.upload("pointwise.jsonl", jsonl(point), "pointwise"),
-        "positives": admin.upload("positives.jsonl", jsonl(positives), "pointwise"),
         "demonstrations": admin.upload("demos.jsonl", jsonl(demos), "demonstrations"),
     }
 
@@ -184,8 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sets = derived_datasets(admin, data["pairs"])
             for name in args.variants:
                 _, form, overrides = VARIANTS[name]
-                dataset = sets["pairs-half" if overrides.get("fraction") else
-                               "positives" if overrides.get("sft_only") else form]
+                dataset = sets["pairs-half" if overrides.get("fraction") else form]
                 t0 = time.monotonic()
                 vjob = admin.wait(admin.submit(variant_spec(name, dataset, args, overrides)))
                 admin.wait_live(slug(name))
