@@ -37,8 +37,13 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import ServerProcess, busy_cores, setup_logging, write_json  # noqa: E402
-from server.align_prompts import to_jsonl, training_prompts  # noqa: E402
+from bench.common import (  # noqa: E402
+    CpuWindow,
+    ServerProcess,
+    busy_cores,
+    setup_logging,
+    write_json,
+)
 
 logger = logging.getLogger("bench.align_loop")
 USER, ADMIN = "bench-user", "bench-admin"
@@ -57,7 +62,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "sft": ("sft", "demonstrations", {}),
     "ulma": ("ulma", "pointwise", {}),
     "pointwise_dpo": ("pointwise_dpo", "pointwise", {}),
-    "rdpo": ("rdpo", "pairs", {}),
+    "rdpo": ("rdpo", "pairs-scored", {}),
     "ld_align": ("ld_align", "demonstrations", {}),
     "afd": ("afd", "demonstrations", {}),
 }
@@ -90,6 +95,37 @@ class Admin:
                 return job
             time.sleep(5)
         raise TimeoutError(job_id)
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's events (it has ended, so the stream closes at once)."""
+        out: list[dict[str, Any]] = []
+        with self.http.stream("GET", f"/admin/v1/jobs/{job_id}/events") as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    out.append(json.loads(line[len("data: "):]))
+        return out
+
+    def checkpoint_of(self, job_id: str) -> str:
+        for c in self.http.get("/admin/v1/checkpoints").json()["data"]:
+            if c.get("job_id") == job_id:
+                return str(c["id"])
+        raise RuntimeError(f"job {job_id} left no checkpoint")
+
+    def wait_gate(self, job_id: str, timeout_s: float = 1800) -> dict[str, Any]:
+        """The evaluation gate's outcome on the job's checkpoint."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for c in self.http.get("/admin/v1/checkpoints").json()["data"]:
+                if c.get("job_id") == job_id and c.get("gate"):
+                    return dict(c["gate"])
+            time.sleep(3)
+        raise TimeoutError(f"no gate outcome for {job_id}")
+
+    def deploy(self, checkpoint: str, name: str) -> None:
+        r = self.http.post("/admin/v1/deployments",
+                           json={"checkpoint": checkpoint, "name": name, "mode": "adapter"})
+        if r.status_code != 200:
+            raise RuntimeError(f"deploy refused: {r.status_code} {r.text}")
 
     def wait_live(self, name: str, timeout_s: float = 600) -> None:
         deadline = time.monotonic() + timeout_s
@@ -133,12 +169,67 @@ def derived_datasets(admin: Admin, pairs: list[dict[str, Any]]) -> dict[str, str
         {"messages": p["messages"], "completion": p["rejected"], "label": False})]
     demos = [{"messages": p["messages"], "completion": p["chosen"]} for p in pairs]
     half = pair_rows[: len(pair_rows) // 2]
+    # rDPO's soft labels: the behaviour the prompt's kind calls for scores 1, the other 0 (the
+    # refusal scorer alone would score a benign prompt's helpful answer 0).
+    scored = [{**r, "chosen_score": 1.0, "rejected_score": 0.0} for r in pair_rows]
     return {
+        "pairs-scored": admin.upload("pairs-scored.jsonl", jsonl(scored), "pairs"),
         "pairs": admin.upload("pairs.jsonl", jsonl(pair_rows), "pairs"),
         "pairs-half": admin.upload("pairs-half.jsonl", jsonl(half), "pairs"),
         "pointwise": admin.upload("pointwise.jsonl", jsonl(point), "pointwise"),
         "demonstrations": admin.upload("demos.jsonl", jsonl(demos), "demonstrations"),
     }
+
+
+def align_once(admin: Admin, server: ServerProcess, args: argparse.Namespace,
+               result: dict[str, Any]) -> str:
+    """The product's one call (``POST /admin/v1/align``, default gate), timed stage by stage
+    from the job's events, with the CPU other processes used meanwhile."""
+    body = {"preset": args.preset, "alpha": args.la_alpha, "prompts": "builtin",
+            "count": args.prompts, "name": "aligned", "rpo_alpha": args.rpo_alpha,
+            "max_tokens": args.synth_tokens, "seed": args.seed,
+            "hyperparameters": {"max_steps": args.steps, "batch_size": args.batch_size,
+                                "learning_rate": args.lr}}
+    with CpuWindow(server.processes()) as window:
+        r = admin.http.post("/admin/v1/align", json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"align refused: {r.status_code} {r.text}")
+        job_id = str(r.json()["id"])
+        job = admin.wait(job_id)
+        gate = admin.wait_gate(job_id)
+    events = admin.events(job_id)
+    result["align"] = {"job": job_id, "loop_s": window.wall_s,
+                       "foreign_cores": window.foreign_cores, "gate": gate,
+                       "stages_s": stage_times(events, job), "summary": job.get("summary")}
+    logger.info("align job %s: loop %.0f s (other processes %.2f cores), gate %s",
+                job_id, window.wall_s, window.foreign_cores, gate.get("status"))
+    if gate.get("status") != "passed":  # measured anyway, under another name
+        admin.deploy(admin.checkpoint_of(job_id), "aligned")
+    admin.wait_live("aligned")
+    return job_id
+
+
+def stage_times(events: list[dict[str, Any]], job: dict[str, Any]) -> dict[str, float]:
+    """Seconds per stage: synthesis (job start to its last synthesis event), training (to the
+    job's end), gate (to the gate's outcome)."""
+    def first(pred: Any) -> float | None:
+        return next((e["created_at"] for e in events if pred(e)), None)
+
+    start = events[0]["created_at"]
+    synth_end = first(lambda e: e["message"].startswith("synthesis:") and "pairs in" in
+                      e["message"])
+    gate_start = first(lambda e: (e.get("data") or {}).get("stage") == "gate")
+    gate_end = first(lambda e: (e.get("data") or {}).get("stage") == "gate" and
+                     (e.get("data") or {}).get("status") in ("passed", "refused"))
+    out: dict[str, float] = {}
+    if synth_end is not None:
+        out["synthesis"] = synth_end - start
+    if synth_end is not None and gate_start is not None:
+        out["training_and_checkpoint"] = gate_start - synth_end
+    if gate_start is not None and gate_end is not None:
+        out["gate"] = gate_end - gate_start
+    out["total_events"] = events[-1]["created_at"] - start
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,27 +246,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         admin = Admin(server.base_url)
         model = admin.http.get("/v1/models").json()["data"][0]["id"]
-        rows = training_prompts(home, args.prompts, args.seed)
-        prompts = admin.upload("prompts.jsonl", to_jsonl(rows), "prompts")
-        started = time.monotonic()
-        spec = {"method": "align", "dataset": prompts, "preset": args.preset,
-                "alpha": args.la_alpha, "rpo_alpha": args.rpo_alpha, "objective": "dpo",
-                "lora": lora({}), "engine": {"base_url": server.base_url, "model": model},
-                "synthesis": {"max_tokens": args.synth_tokens},
-                "hyperparameters": {"max_steps": args.steps, "batch_size": args.batch_size,
-                                    "learning_rate": args.lr, "max_length": 384,
-                                    "max_prompt_length": 192, "checkpoint_every": 1000,
-                                    "seed": args.seed},
-                "deploy": {"name": "aligned"}}
-        job_id = admin.submit(spec)
-        job = admin.wait(job_id)
-        admin.wait_live("aligned")
-        loop_s = time.monotonic() - started
+        if args.pairs_from:
+            job_id = args.pairs_from
+            result["align"] = {"job": job_id, "reused": True}
+        else:
+            job_id = align_once(admin, server, args, result)
         data = torch.load(home / "jobs" / job_id / "align-data.pt", weights_only=False)
-        result["align"] = {"job": job_id, "loop_s": loop_s, "synthesis_s": data["seconds"],
-                           "synthesis": data["stats"], "summary": job.get("summary")}
-        logger.info("align job %s done in %.0f s: %s", job_id, loop_s, data["stats"])
-        adapters = ["aligned"]
+        result["align"].update({"synthesis_s": data["seconds"], "synthesis": data["stats"]})
+        adapters, reward_models = ["aligned"], []
         if args.variants:
             sets = derived_datasets(admin, data["pairs"])
             for name in args.variants:
@@ -187,14 +265,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result.setdefault("variants", {})[name] = {
                     "job": vjob["id"], "seconds": time.monotonic() - t0}
                 adapters.append(slug(name))
-        result["eval"] = evaluate(server.base_url, home, model, adapters, args)
+                if VARIANTS[name][0] == "afd":  # its reward model picks among base samples
+                    reward_models.append(admin.checkpoint_of(str(vjob["id"])))
+        result["eval"] = evaluate(server.base_url, home, model, adapters, reward_models, args)
     finally:
         server.stop()
     return result
 
 
 def evaluate(base_url: str, home: Path, model: str, adapters: list[str],
-             args: argparse.Namespace) -> dict[str, Any]:
+             reward_models: list[str], args: argparse.Namespace) -> dict[str, Any]:
     from server.evaluation.configs import EvalConfig, SamplingParams
     from server.evaluation.evaluate import EvalPlan, build_scorers
     from server.evaluation.evaluate import evaluate as run_eval
@@ -209,6 +289,9 @@ def evaluate(base_url: str, home: Path, model: str, adapters: list[str],
     configs += [EvalConfig(a, a) for a in adapters]
     configs.append(EvalConfig(f"aligned + LA alpha={args.small_alpha:g}", "aligned",
                               {**principle, "alpha": args.small_alpha}))
+    configs += [EvalConfig(f"afd best-of-{args.best_of} ({reward})", model,
+                           best_of_n={"n": args.best_of, "reward_model": reward},
+                           temperature=0.7) for reward in reward_models]
     suites = {s: load_suite(s, home, args.eval_limit) for s in
               ("harmful", "helpful", "benign_sensitive")}
     plan = EvalPlan(configs=tuple(configs), suites=suites,
@@ -236,9 +319,13 @@ def main() -> int:
     p.add_argument("--la-alpha", type=float, default=1.0)
     p.add_argument("--small-alpha", type=float, default=0.5)
     p.add_argument("--eval-limit", type=int, default=60)
+    p.add_argument("--best-of", type=int, default=4, help="N of the AfD Best-of-N row.")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
+    p.add_argument("--pairs-from", default=None, metavar="JOB_ID",
+                   help="Skip the loop: the variants train on this align job's pairs (same "
+                        "--home; its 'aligned' deployment is restored from there).")
     args = p.parse_args()
     os.makedirs(args.output, exist_ok=True)
     result = run(args)

@@ -145,11 +145,33 @@ def _assistant_text(value: Any, line: int, key: str) -> str:
 
 
 def _pairs(rec: dict[str, Any], line: int) -> dict[str, Any]:
-    return {
+    """``chosen_score`` / ``rejected_score`` (optional, together): external scores of the two
+    answers, which rDPO's soft-label loss uses instead of running its scorer (principle
+    distillation knows which answer a prompt's kind calls for; a scorer sees only text)."""
+    out: dict[str, Any] = {
         "messages": _prompt(rec, line),
         "chosen": _text(rec, "chosen", line),
         "rejected": _text(rec, "rejected", line),
     }
+    scored = [k for k in ("chosen_score", "rejected_score") if k in rec]
+    if len(scored) == 1:
+        missing = "rejected_score" if scored[0] == "chosen_score" else "chosen_score"
+        raise DatasetError(f"needed with {scored[0]!r}", line, missing)
+    for key in scored:
+        out[key] = _score(rec[key], line, key)
+    return out
+
+
+def _score(value: Any, line: int, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DatasetError(f"must be a finite number, got {value!r:.40}", line, key)
+    try:  # an integer past float's range overflows: refused like NaN
+        number = float(value)
+    except OverflowError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise DatasetError(f"must be a finite number, got {value!r:.40}", line, key)
+    return number
 
 
 def _openai_preference(rec: dict[str, Any], line: int) -> dict[str, Any]:

@@ -290,6 +290,10 @@ class LDAlignSpec(_Base):
     autoencoder_steps: int = Field(default=200, ge=1)
     max_prompts: int = Field(default=64, ge=1, description="Demonstrations used per iteration.")
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    engine: EngineSpec | None = Field(
+        default=None, description="The first iteration's answers (the base policy's) through "
+        "this serving engine (it must serve the job's base model); filled in by a server that "
+        "serves it. Later iterations sample the trained policy in the worker.")
 
     @field_validator("weighting")
     @classmethod
@@ -314,6 +318,10 @@ class AfDSpec(_Base):
     max_prompts: int = Field(default=32, ge=1, description="Prompts sampled for the discriminator.")
     reward_learning_rate: float = Field(default=1e-4, gt=0.0)
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    engine: EngineSpec | None = Field(
+        default=None, description="The initial policy's samples through this serving engine "
+        "(it must serve the job's base model); filled in by a server that serves it. The SFT "
+        "policy's samples are drawn in the worker.")
 
 
 class SynthesisSpec(Strict):

@@ -22,7 +22,15 @@ from contracts.datasets import (
     import_path,
     remove_files,
 )
-from contracts.specs import AlignSpec, EngineSpec, RDPOSpec, parse_spec, total_steps
+from contracts.specs import (
+    AfDSpec,
+    AlignSpec,
+    EngineSpec,
+    LDAlignSpec,
+    RDPOSpec,
+    parse_spec,
+    total_steps,
+)
 from contracts.store import (
     TERMINAL,
     CheckpointRecord,
@@ -189,9 +197,10 @@ class TrainingService:
             spec.model = self.base_model
         if isinstance(spec, AlignSpec):
             self._fill_engine(spec)
-        elif (isinstance(spec, RDPOSpec) and spec.engine is None and self.engine_url
-              and self.served_name and spec.model == self.base_model):
-            # rDPO's self-critique samples this served base model: through the engine.
+        elif (isinstance(spec, RDPOSpec | AfDSpec | LDAlignSpec) and spec.engine is None
+              and self.engine_url and self.served_name and spec.model == self.base_model):
+            # rDPO's self-critique, AfD's initial samples and LD-Align's first answers sample
+            # this served base model: through the engine.
             spec.engine = EngineSpec(base_url=self.engine_url, model=self.served_name)
         job = self.store.create_job(spec.method, spec.model_dump(mode="json"), total_steps(spec),
                                     job_id=job_id)

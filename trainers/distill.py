@@ -29,7 +29,7 @@ from typing import Any, Literal
 import httpx
 
 from contracts.refusal import keyword_refusal
-from contracts.specs import EngineSpec
+from contracts.specs import EngineSpec, GenerationSpec
 
 logger = logging.getLogger(__name__)
 
@@ -225,3 +225,11 @@ def served_engine(spec: EngineSpec | None) -> EngineClient | None:
     if not base_url:
         return None
     return EngineClient(base_url, spec.model, os.environ.get(ENGINE_KEY_ENV) or None)
+
+
+def base_samples(engine: EngineClient, prompts: Sequence[Messages], gen: GenerationSpec,
+                 seed: int = 0) -> list[str]:
+    """What ``trainers.modeling.sample(..., use_base=True)`` gives, through the serving engine
+    (it serves the job's base model): one answer per prompt with the same sampling settings."""
+    return asyncio.run(answer_all(engine, prompts, max_tokens=gen.max_new_tokens,
+                                  temperature=gen.temperature, top_p=gen.top_p, seed=seed))

@@ -2,7 +2,7 @@
 arXiv 2405.15624; docs/algorithms.md §4).
 
 1. Samples of the initial policy ``π_init`` are drawn first (before any training, so this works
-   for full fine-tuning too) and cached.
+   for full fine-tuning too) and cached; through the serving engine when the job has one.
 2. SFT on the demonstrations (forward KL / behaviour cloning).
 3. Samples of ``π_SFT`` on the same prompts; a discriminator ``D = σ(f_φ(x, y))`` with a scalar
    head on the base model (a LoRA sequence classifier) is trained to tell ``π_SFT`` samples
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from align_core import discriminator_accuracy, discriminator_loss, discriminator_losses
 from contracts.specs import AfDSpec, afd_steps
+from trainers.distill import base_samples, served_engine
 from trainers.loop import Stage, TrainContext
 from trainers.modeling import (
     Encoded,
@@ -50,8 +51,12 @@ def _prompts(spec: AfDSpec, records: Records) -> list[list[dict[str, str]]]:
 
 def _samples(ctx: TrainContext, spec: AfDSpec, records: Records, base: bool) -> dict[str, Any]:
     prompts = _prompts(spec, records)
-    answers = sample(ctx.policy, ctx.tokenizer, prompts, spec.generation, use_base=base,
-                     max_prompt_length=spec.hyperparameters.max_prompt_length)
+    engine = served_engine(spec.engine) if base else None
+    if engine is not None:  # the engine serves exactly the initial policy
+        answers = base_samples(engine, prompts, spec.generation, spec.hyperparameters.seed)
+    else:
+        answers = sample(ctx.policy, ctx.tokenizer, prompts, spec.generation, use_base=base,
+                         max_prompt_length=spec.hyperparameters.max_prompt_length)
     return {"samples": [{"messages": p, "completion": a}
                         for p, a in zip(prompts, answers, strict=True)]}
 

@@ -3,7 +3,8 @@
 [INFERRED] SPIN-style reconstruction (§3.2). Each iteration ``t``:
 
 1. the current policy answers the demonstration prompts (the losers ``y'``; winners are the
-   demonstrations ``y*``);
+   demonstrations ``y*``); in the first iteration that is the base model, answered through the
+   serving engine when the job has one;
 2. both are embedded, and an auto-encoder trained by reconstruction maps the embeddings to a
    ``latent_dim`` latent space; ``d_i`` is the latent distance of each pair and
    ``w_i = WEIGHTINGS[weighting](d_i)`` (detached, larger distance => larger weight);
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from align_core import latent_distance, latent_distance_weights
 from contracts.specs import LDAlignSpec, split_steps
+from trainers.distill import base_samples, served_engine
 from trainers.loop import Stage, TrainContext
 from trainers.modeling import Encoded, base_weights, collate, model_device, sample, to_device
 from trainers.recipes.base import Recipe, Records
@@ -90,8 +92,13 @@ class LDAlignStage(PairStage):
 
     def _build(self, ctx: TrainContext, spec: LDAlignSpec) -> dict[str, Any]:
         demos = self.demonstrations[: spec.max_prompts]  # type: ignore[index]
-        losers = sample(ctx.policy, ctx.tokenizer, [d["messages"] for d in demos],
-                        spec.generation, max_prompt_length=spec.hyperparameters.max_prompt_length)
+        prompts = [d["messages"] for d in demos]
+        engine = served_engine(spec.engine) if self.iteration == 0 else None
+        if engine is not None:  # nothing trained yet: the policy is the served base model
+            losers = base_samples(engine, prompts, spec.generation, spec.hyperparameters.seed)
+        else:
+            losers = sample(ctx.policy, ctx.tokenizer, prompts, spec.generation,
+                            max_prompt_length=spec.hyperparameters.max_prompt_length)
         pairs = [{"messages": d["messages"], "chosen": d["completion"], "rejected": y}
                  for d, y in zip(demos, losers, strict=True)]
         winners = pooled_features(ctx, encode_all(ctx, pairs, "chosen"))

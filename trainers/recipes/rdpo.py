@@ -3,7 +3,8 @@
 Data synthesis (docs/algorithms.md §5.1): the base policy itself is the local teacher. For each
 prompt it answers (``y_o``), critiques its answer with ``critique_prompt`` and revises it with
 ``revision_prompt`` (``y_r``), in one multi-turn chat. A pairs dataset skips synthesis. Both
-answers are scored by an external scorer (``trainers.scorers``), and the pairs
+answers are scored by an external scorer (``trainers.scorers``) unless every pair carries
+``chosen_score``/``rejected_score`` (data from principle distillation), and the pairs
 ``(chosen = y_r, rejected = y_o)`` train with a scored ``PAIR_LOSSES`` entry (default ``rdpo``,
 the soft-label form). The synthesised data are cached in the job's work dir, so a resumed job
 trains on the same pairs.
@@ -75,10 +76,14 @@ class RDPOStage(PairStage):
                 pairs = [dict(r) for r in rows]
             else:
                 pairs = self_critique(ctx, spec, [r["messages"] for r in rows])
-            prompts = [p["messages"][-1]["content"] for p in pairs]
-            scorer = SCORERS.get(spec.scorer)
-            chosen = scorer(prompts, [p["chosen"] for p in pairs])
-            rejected = scorer(prompts, [p["rejected"] for p in pairs])
+            if all("chosen_score" in p for p in pairs):  # scored by whoever made the data
+                chosen = [float(p["chosen_score"]) for p in pairs]
+                rejected = [float(p["rejected_score"]) for p in pairs]
+            else:
+                prompts = [p["messages"][-1]["content"] for p in pairs]
+                scorer = SCORERS.get(spec.scorer)
+                chosen = scorer(prompts, [p["chosen"] for p in pairs])
+                rejected = scorer(prompts, [p["rejected"] for p in pairs])
             return {"pairs": pairs, "chosen_scores": torch.tensor(chosen),
                     "rejected_scores": torch.tensor(rejected)}
 
