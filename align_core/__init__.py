@@ -62,6 +62,7 @@ from align_core.rdpo import (
     rdpo_weighted_loss,
 )
 from align_core.registry import DuplicateNameError, Registry, UnknownNameError
+from align_core.reward import bradley_terry_loss, bradley_terry_losses, pairwise_accuracy
 from align_core.weighting import (
     DISTANCE_METRICS,
     WEIGHTINGS,
@@ -88,6 +89,8 @@ __all__ = [
     "UnknownNameError",
     "Weighting",
     "best_of_n",
+    "bradley_terry_loss",
+    "bradley_terry_losses",
     "chosen_nll_loss",
     "combine_logits",
     "discriminator_accuracy",
@@ -108,6 +111,7 @@ __all__ = [
     "next_token",
     "nucleus_mask",
     "packed_sequence_logps",
+    "pairwise_accuracy",
     "per_token_logps",
     "pointwise_dpo_continuous_losses",
     "pointwise_dpo_losses",

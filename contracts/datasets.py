@@ -54,6 +54,7 @@ METHOD_FORMATS: dict[str, tuple[str, ...]] = {
     "afd": ("demonstrations",),
     "align": ("prompts",),
     "sft": ("demonstrations",),
+    "reward_model": ("pairs",),
 }
 
 

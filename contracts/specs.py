@@ -324,6 +324,38 @@ class AfDSpec(_Base):
         "policy's samples are drawn in the worker.")
 
 
+class RewardModelSpec(_Base):
+    """A Bradley–Terry reward model on preference pairs (docs/algorithms.md §8): a scalar head
+    with a LoRA adapter on the base model, trained with ``-log σ(r_c - r_r)``. Its checkpoint
+    carries it under ``reward_model/`` and is used by id (``POST /v1/rewards``, Best-of-N); it is
+    not a chat model, so it cannot be deployed, and it is always a LoRA classifier."""
+
+    method: Literal["reward_model"]
+    held_out_fraction: float = Field(
+        default=0.1, ge=0.0, le=0.5,
+        description="Share of the pairs (at least one when above 0) held out of training to "
+        "measure the reward model's pairwise accuracy; 0: none.",
+    )
+
+    @field_validator("deploy")
+    @classmethod
+    def _no_deploy(cls, v: DeploySpec | None) -> DeploySpec | None:
+        if v is not None:
+            raise ValueError(
+                "a reward_model checkpoint scores answers, it does not chat: it cannot be "
+                "deployed; use its checkpoint id as 'model' of POST /v1/rewards or as "
+                "best_of_n.reward_model of a chat request")
+        return v
+
+    @field_validator("finetuning")
+    @classmethod
+    def _lora_only(cls, v: str) -> str:
+        if v != "lora":
+            raise ValueError("a reward_model trains a LoRA adapter and a scalar head on the base "
+                             "model; 'full' is not available")
+        return v
+
+
 class SynthesisSpec(Strict):
     max_tokens: int = Field(default=96, ge=8, le=1024)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
@@ -383,11 +415,11 @@ def total_steps(spec: _Base) -> int:
 
 JobSpec = Annotated[
     DPOSpec | SFTSpec | PointwiseDPOSpec | ULMASpec | RDPOSpec | LDAlignSpec | AfDSpec
-    | AlignSpec,
+    | AlignSpec | RewardModelSpec,
     Field(discriminator="method"),
 ]
 METHODS: tuple[str, ...] = (
-    "dpo", "sft", "pointwise_dpo", "ulma", "ld_align", "afd", "rdpo", "align")
+    "dpo", "sft", "pointwise_dpo", "ulma", "ld_align", "afd", "rdpo", "align", "reward_model")
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
 
 

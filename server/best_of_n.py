@@ -42,7 +42,7 @@ class RewardModels:
         if found is None:
             raise InvalidRequestError(
                 f"checkpoint '{reward_model}' carries no reward model (train one with method "
-                "'afd')",
+                "'reward_model' on preference pairs, or 'afd' on demonstrations)",
                 param=param,
             )
         return found

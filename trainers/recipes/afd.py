@@ -172,17 +172,24 @@ def afd_stages(ctx: TrainContext, records: Records) -> list[Stage]:
     return [AfDSFTStage("afd-sft", sft_steps, hp.learning_rate, records), rm]
 
 
+def write_reward_model(ctx: TrainContext, folder: Path, kind: str, details: dict[str, Any]) -> None:
+    """``folder/reward_model/``: the scalar-head adapter of ``ctx.modules["reward_model"]``, the
+    tokenizer and ``reward_model.json`` (``kind``, the base model, ``details``): what
+    ``trainers.reward.RewardModel.load`` reads."""
+    target = folder / REWARD_DIR
+    save_pretrained(ctx.modules["reward_model"], target, ctx.full_states.get("reward_model"))
+    ctx.tokenizer.save_pretrained(target)
+    info = {"kind": kind, "base_model": ctx.model_path, **details}
+    (target / "reward_model.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
 def save_reward_model(ctx: TrainContext, folder: Path) -> None:
     stage: DiscriminatorStage = ctx.summary.pop("_afd_stage")
     accuracy = stage.held_out_accuracy(ctx)
     ctx.summary["afd"] = {"reward_model_heldout_accuracy": accuracy,
                           "reward_model_dir": REWARD_DIR}
-    target = folder / REWARD_DIR
-    save_pretrained(ctx.modules["reward_model"], target, ctx.full_states.get("reward_model"))
-    ctx.tokenizer.save_pretrained(target)
-    info = {"kind": "afd_init_sft_discriminator", "base_model": ctx.model_path,
-            "reward": "logit of D(sft vs init)", "heldout_accuracy": accuracy}
-    (target / "reward_model.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_reward_model(ctx, folder, "afd_init_sft_discriminator",
+                       {"reward": "logit of D(sft vs init)", "heldout_accuracy": accuracy})
 
 
 AFD = Recipe(afd_stages, save_reward_model)
