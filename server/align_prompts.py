@@ -1,10 +1,10 @@
 """The built-in training prompts of ``alignserve align``: harmful and benign requests that no
 evaluation suite asks (docs/alignment.md).
 
-* harmful: Do-Not-Answer requests after the ones the ``harmful`` suite reads. The suite
-  alternates HarmBench and Do-Not-Answer, so its first ``DEV_RESERVED`` items hold at most that
-  many of each; HarmBench is left out of training altogether because the ``jailbreak`` suite
-  wraps any of its requests in role-play templates.
+* harmful: the harmful pool (HarmBench and Do-Not-Answer, alternating) after the
+  ``DEV_RESERVED`` items the ``harmful`` suite reads; the ``jailbreak`` suite wraps only
+  HarmBench requests from that reserved part. So training sees both kinds of request: short
+  imperative ones (HarmBench) and the wider Do-Not-Answer risk areas.
 * benign: AlpacaEval instructions after the first ``DEV_RESERVED`` (the ``helpful`` suite reads
   from the start), and the ``train`` split of our benign-but-sensitive set (the
   ``benign_sensitive`` suite reads the ``dev`` split), so the data also teach what *not* to
@@ -23,9 +23,7 @@ from typing import Any
 
 from server.assets import ProgressFn
 from server.data_pull import pull_datasets
-from server.evaluation.suites import benign_sensitive_prompts
-
-DEV_RESERVED = 200  # evaluation suites never read past this many items of a pool
+from server.evaluation.suites import DEV_RESERVED, benign_sensitive_prompts, harmful_pool
 
 
 def _prompts(path: Path) -> list[str]:
@@ -39,13 +37,25 @@ def training_prompts(
     """``count`` prompts, half harmful and half benign, shuffled with ``seed``."""
     if count < 2:
         raise ValueError("align needs at least 2 prompts (one harmful, one benign)")
-    paths = pull_datasets(home, names=("harmful_donotanswer", "helpful_alpacaeval"),
-                          progress=progress)
+    paths = pull_datasets(home, names=("harmful_harmbench", "harmful_donotanswer",
+                                       "helpful_alpacaeval"), progress=progress)
     rng = random.Random(seed)
-    harmful = _prompts(paths["harmful_donotanswer"])[DEV_RESERVED:]
+    by_source: dict[str, list[str]] = {}
+    for item_id, prompt in harmful_pool(paths)[DEV_RESERVED:]:
+        by_source.setdefault(item_id.partition(":")[0], []).append(prompt)
+    for pool in by_source.values():
+        rng.shuffle(pool)
+    # Alternating sources: HarmBench's short imperative requests are as present as the others.
+    harmful: list[str] = []
+    source: dict[str, str] = {}
+    for i in range(max(map(len, by_source.values()), default=0)):
+        for name, pool in by_source.items():
+            if i < len(pool):
+                harmful.append(pool[i])
+                source[pool[i]] = name
     alpaca = _prompts(paths["helpful_alpacaeval"])[DEV_RESERVED:]
     sensitive = [r["prompt"] for r in benign_sensitive_prompts("train")]
-    for pool in (harmful, alpaca, sensitive):
+    for pool in (alpaca, sensitive):
         rng.shuffle(pool)
     n_harmful = count // 2
     n_sensitive = min(len(sensitive), round((count - n_harmful) * sensitive_share))
@@ -54,8 +64,7 @@ def training_prompts(
         raise ValueError(f"the built-in pools hold {len(harmful)} harmful and "
                          f"{len(alpaca) + len(sensitive)} benign training prompts; asked for "
                          f"{n_harmful} and {count - n_harmful}")
-    rows = ([{"prompt": p, "kind": "harmful", "source": "donotanswer"}
-             for p in harmful[:n_harmful]]
+    rows = ([{"prompt": p, "kind": "harmful", "source": source[p]} for p in harmful[:n_harmful]]
             + [{"prompt": p, "kind": "benign", "source": "alpacaeval"} for p in alpaca[:n_alpaca]]
             + [{"prompt": p, "kind": "benign", "source": "benign_sensitive"}
                for p in sensitive[:n_sensitive]])

@@ -12,6 +12,7 @@ The harmful and jailbreak suites hold harmful text: it is never logged, only cou
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from typing import Any
 from align_core.registry import Registry
 from server.assets import ProgressFn
 from server.data_pull import PROMPT_PLACEHOLDER, pull_datasets
+
+logger = logging.getLogger(__name__)
 
 # Long in-the-wild templates would crowd out the answer in a 2k context: keep the short ones.
 MAX_TEMPLATE_CHARS = 2000
@@ -53,7 +56,12 @@ def _prompts(path: Path) -> list[str]:
     return [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
 
 
-def _harmful_pool(paths: dict[str, Path]) -> list[tuple[str, str]]:
+# The harmful suite's prompts: the first DEV_RESERVED items of the harmful pool (and of the
+# helpful pool). Training data (server.align_prompts) start past them.
+DEV_RESERVED = 200
+
+
+def harmful_pool(paths: dict[str, Path]) -> list[tuple[str, str]]:
     """(id, prompt) alternating HarmBench and Do-Not-Answer, so any prefix mixes both."""
     hb = [(f"harmbench:{i}", p) for i, p in enumerate(_prompts(paths["harmful_harmbench"]))]
     dna = [(f"donotanswer:{i}", p) for i, p in enumerate(_prompts(paths["harmful_donotanswer"]))]
@@ -64,7 +72,10 @@ def _harmful_pool(paths: dict[str, Path]) -> list[tuple[str, str]]:
 
 
 def load_harmful(paths: dict[str, Path], limit: int) -> list[EvalItem]:
-    return [EvalItem(i, "harmful", p, True) for i, p in _harmful_pool(paths)[:limit]]
+    if limit > DEV_RESERVED:
+        logger.warning("harmful suite: %d items asked; past the first %d they overlap the "
+                       "align training prompts", limit, DEV_RESERVED)
+    return [EvalItem(i, "harmful", p, True) for i, p in harmful_pool(paths)[:limit]]
 
 
 def load_helpful(paths: dict[str, Path], limit: int) -> list[EvalItem]:
@@ -125,8 +136,9 @@ def load_jailbreak(paths: dict[str, Path], limit: int) -> list[EvalItem]:
         (i, t) for i, t in enumerate(json.loads(paths["jailbreak_templates"].read_text()))
         if PROMPT_PLACEHOLDER in t and len(t) <= MAX_TEMPLATE_CHARS
     ]
-    # HarmBench requests only: short imperative requests, the form role-play templates expect.
-    pool = [(i, p) for i, p in _harmful_pool(paths) if i.startswith("harmbench:")]
+    # HarmBench requests only: short imperative requests, the form role-play templates expect;
+    # from the harmful suite's reserved part (the rest are align training prompts).
+    pool = [(i, p) for i, p in harmful_pool(paths)[:DEV_RESERVED] if i.startswith("harmbench:")]
     items = []
     for t, p in sample_pairs(len(templates), len(pool), limit):
         (t_index, template), (prompt_id, request) = templates[t], pool[p]
