@@ -59,7 +59,10 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "rpo_alpha": 1.0, "lora": {"r": 8, "alpha": 16, "target_modules": ATTENTION}}),
     "dpo+nll1 lr5e-5": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 5e-5}),
     "dpo+nll1 half data": ("dpo", "pairs", {"rpo_alpha": 1.0, "fraction": 0.5}),
+    "dpo+nll1 lr1e-3": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 1e-3}),
+    "dpo+nll1 lr5e-4 150 steps": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 5e-4, "steps": 150}),
     "sft": ("sft", "demonstrations", {}),
+    "sft lr1e-3": ("sft", "demonstrations", {"lr": 1e-3}),
     "ulma": ("ulma", "pointwise", {}),
     "pointwise_dpo": ("pointwise_dpo", "pointwise", {}),
     "rdpo": ("rdpo", "pairs-scored", {}),
@@ -124,7 +127,7 @@ class Admin:
     def deploy(self, checkpoint: str, name: str) -> None:
         r = self.http.post("/admin/v1/deployments",
                            json={"checkpoint": checkpoint, "name": name, "mode": "adapter"})
-        if r.status_code != 200:
+        if r.status_code not in (200, 201):
             raise RuntimeError(f"deploy refused: {r.status_code} {r.text}")
 
     def wait_live(self, name: str, timeout_s: float = 600) -> None:
@@ -144,7 +147,7 @@ def lora(spec: dict[str, Any]) -> dict[str, Any]:
 def variant_spec(name: str, dataset: str, args: argparse.Namespace,
                  overrides: dict[str, Any]) -> dict[str, Any]:
     method = VARIANTS[name][0]
-    hp = {"max_steps": args.steps, "batch_size": args.batch_size,
+    hp = {"max_steps": overrides.get("steps", args.steps), "batch_size": args.batch_size,
           "learning_rate": overrides.get("lr", args.lr), "max_length": 384,
           "max_prompt_length": 192, "checkpoint_every": 1000, "seed": args.seed}
     spec: dict[str, Any] = {"method": method, "dataset": dataset, "lora": lora(overrides),
@@ -253,7 +256,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             job_id = align_once(admin, server, args, result)
         data = torch.load(home / "jobs" / job_id / "align-data.pt", weights_only=False)
         result["align"].update({"synthesis_s": data["seconds"], "synthesis": data["stats"]})
-        adapters, reward_models = ["aligned"], []
+        evaluation = Evaluation(server.base_url, home, model, args)
+        result["eval"] = evaluation.add(evaluation.baselines())
+        save(args, result)
+        if args.helpfulness_rm:
+            result["helpfulness_rm"] = train_helpfulness_rm(admin, home, args)
+            score_helpfulness(server.base_url, home, args, result)
+            save(args, result)
         if args.variants:
             sets = derived_datasets(admin, data["pairs"])
             for name in args.variants:
@@ -263,45 +272,165 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 vjob = admin.wait(admin.submit(variant_spec(name, dataset, args, overrides)))
                 admin.wait_live(slug(name))
                 result.setdefault("variants", {})[name] = {
-                    "job": vjob["id"], "seconds": time.monotonic() - t0}
-                adapters.append(slug(name))
+                    "job": vjob["id"], "seconds": time.monotonic() - t0,
+                    "summary": vjob.get("summary")}
+                rows = [evaluation.adapter(name, slug(name))]
                 if VARIANTS[name][0] == "afd":  # its reward model picks among base samples
-                    reward_models.append(admin.checkpoint_of(str(vjob["id"])))
-        result["eval"] = evaluate(server.base_url, home, model, adapters, reward_models, args)
+                    rows.append(evaluation.best_of_n(admin.checkpoint_of(str(vjob["id"]))))
+                result["eval"] = evaluation.add(rows)
+                score_helpfulness(server.base_url, home, args, result)
+                save(args, result)
     finally:
         server.stop()
     return result
 
 
-def evaluate(base_url: str, home: Path, model: str, adapters: list[str],
-             reward_models: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    from server.evaluation.configs import EvalConfig, SamplingParams
-    from server.evaluation.evaluate import EvalPlan, build_scorers
-    from server.evaluation.evaluate import evaluate as run_eval
-    from server.evaluation.runner import OpenAIGenerator
+def train_helpfulness_rm(admin: Admin, home: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A Bradley-Terry reward model on general-instruction preference pairs (the pulled
+    ``dpo_pairs`` set, docs/assets.md), nothing from the loop: the helpfulness proxy."""
+    from server.data_pull import pull_datasets
+
+    path = pull_datasets(home, names=("dpo_pairs",))["dpo_pairs"]
+    dataset = admin.upload("helpfulness-pairs.jsonl", path.read_bytes(), "pairs")
+    spec = {"method": "reward_model", "dataset": dataset, "lora": lora({}),
+            "hyperparameters": {"max_steps": args.rm_steps, "batch_size": 4,
+                                "learning_rate": 2e-4, "max_length": 384,
+                                "max_prompt_length": 192, "seed": args.seed,
+                                "checkpoint_every": 1000}}
+    job = admin.wait(admin.submit(spec))
+    checkpoint = admin.checkpoint_of(str(job["id"]))
+    logger.info("helpfulness reward model %s: %s", checkpoint, job.get("summary"))
+    return {"job": job["id"], "checkpoint": checkpoint, "summary": job.get("summary")}
+
+
+def helpfulness(base_url: str, home: Path, output: Path, reward: str,
+                limit: int) -> dict[str, dict[str, float]]:
+    """Each configuration's ordinary (``helpful``) answers against the base model's on the same
+    prompts, by the helpfulness reward model: the mean reward, and the share of prompts where
+    the configuration's answer scores at least the base's (0.5: as helpful as the base)."""
     from server.evaluation.suites import load_suite
 
-    principle = {"preset": args.preset}
-    configs = [EvalConfig("base", model),
-               EvalConfig("principle in prompt", model, {**principle, "alpha": 0.0}),
-               EvalConfig(f"LA alpha={args.la_alpha:g}", model,
-                          {**principle, "alpha": args.la_alpha})]
-    configs += [EvalConfig(a, a) for a in adapters]
-    configs.append(EvalConfig(f"aligned + LA alpha={args.small_alpha:g}", "aligned",
-                              {**principle, "alpha": args.small_alpha}))
-    configs += [EvalConfig(f"afd best-of-{args.best_of} ({reward})", model,
-                           best_of_n={"n": args.best_of, "reward_model": reward},
-                           temperature=0.7) for reward in reward_models]
-    suites = {s: load_suite(s, home, args.eval_limit) for s in
-              ("harmful", "helpful", "benign_sensitive")}
-    plan = EvalPlan(configs=tuple(configs), suites=suites,
-                    sampling=SamplingParams(args.max_tokens, 0.0, 1.0, 0),
-                    output=Path(args.output) / "eval", concurrency=16,
-                    meta={"command": " ".join(sys.argv)})
-    scorers = build_scorers(home, logger.info)
-    report = asyncio.run(run_eval(plan, OpenAIGenerator.connect(f"{base_url}/v1", USER),
-                                  scorers, logger.info))
-    return {"results": report["results"], "table": str(Path(args.output) / "eval" / "results.md")}
+    prompts = {i.item_id: i.prompt for i in load_suite("helpful", home, limit)}
+    answers: dict[str, dict[str, str]] = {}
+    for line in (output / "eval" / "results.jsonl").read_text().splitlines():
+        row = json.loads(line) if line.strip() else None
+        if row and row["suite"] == "helpful" and row["item_id"] in prompts:
+            answers.setdefault(row["config_name"], {})[row["item_id"]] = row["text"]
+    http = httpx.Client(base_url=base_url, timeout=600,
+                        headers={"Authorization": f"Bearer {USER}"})
+    scores: dict[str, dict[str, float]] = {}
+    for config, texts in answers.items():
+        ids = sorted(texts)
+        got: list[float] = []
+        for start in range(0, len(ids), 64):
+            chunk = ids[start:start + 64]
+            r = http.post("/v1/rewards", json={"model": reward, "inputs": [
+                {"prompt": prompts[i], "response": texts[i]} for i in chunk]})
+            r.raise_for_status()
+            got += [float(x) for x in r.json()["scores"]]
+        scores[config] = dict(zip(ids, got, strict=True))
+    base = scores.get("base", {})
+    out: dict[str, dict[str, float]] = {}
+    for config, by_item in scores.items():
+        shared = [i for i in by_item if i in base]
+        out[config] = {
+            "n": float(len(by_item)),
+            "mean_reward": sum(by_item.values()) / len(by_item),
+            "at_least_base": (sum(by_item[i] >= base[i] for i in shared) / len(shared)
+                              if shared else float("nan")),
+        }
+    return out
+
+
+def score_helpfulness(base_url: str, home: Path, args: argparse.Namespace,
+                      result: dict[str, Any]) -> None:
+    if "helpfulness_rm" in result:
+        result["helpfulness"] = helpfulness(base_url, home, Path(args.output),
+                                            result["helpfulness_rm"]["checkpoint"],
+                                            args.eval_limit)
+
+
+def save(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """After every step: a run cut short still leaves what it measured."""
+    write_json(Path(args.output) / "align_loop.json", result)
+    if "eval" in result:
+        (Path(args.output) / "table.md").write_text(table(result))
+
+
+def table(result: dict[str, Any]) -> str:
+    """The docs/alignment.md table: refusal rates with Wilson 95% intervals, the length of
+    ordinary answers relative to the base, and the helpfulness reward model's verdict."""
+    def rate(m: dict[str, Any]) -> str:
+        r = m["refusal_rate"]
+        lo, hi = r["ci95"]
+        return f"{100 * r['value']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+    results = result["eval"]["results"]
+    help_rm = result.get("helpfulness", {})
+    base_words = results.get("base", {}).get("helpful", {}).get("mean_words") or float("nan")
+    lines = ["| configuration | harmful refused | helpful refused | benign-sensitive refused "
+             "| helpful words (x base) | helpful RM >= base | helpful mean reward |",
+             "|---|---|---|---|---|---|---|"]
+    for name, suites in results.items():
+        h = help_rm.get(name, {})
+        words = suites["helpful"]["mean_words"]
+        lines.append(
+            f"| {name} | {rate(suites['harmful'])} | {rate(suites['helpful'])} | "
+            f"{rate(suites['benign_sensitive'])} | {words:.0f} ({words / base_words:.2f}) | "
+            + (f"{100 * h['at_least_base']:.0f}% | {h['mean_reward']:.2f} |" if h else "- | - |"))
+    return "\n".join(lines) + "\n"
+
+
+class Evaluation:
+    """The dev suites (prompts no training used) on a growing list of configurations; answers
+    are cached by configuration, so each call generates only for the new ones."""
+
+    def __init__(self, base_url: str, home: Path, model: str, args: argparse.Namespace) -> None:
+        from server.evaluation.configs import EvalConfig, SamplingParams
+        from server.evaluation.evaluate import build_scorers
+        from server.evaluation.runner import OpenAIGenerator
+        from server.evaluation.suites import load_suite
+
+        self.config_type, self.model, self.args = EvalConfig, model, args
+        self.principle = {"preset": args.preset}
+        self.configs: list[Any] = []
+        self.suites = {s: load_suite(s, home, args.eval_limit) for s in
+                       ("harmful", "helpful", "benign_sensitive")}
+        self.sampling = SamplingParams(args.max_tokens, 0.0, 1.0, 0)
+        self.scorers = build_scorers(home, logger.info)
+        self.connect = lambda: OpenAIGenerator.connect(f"{base_url}/v1", USER)
+
+    def baselines(self) -> list[Any]:
+        c, a = self.config_type, self.args
+        rows = [c("base", self.model),
+                c("principle in prompt", self.model, {**self.principle, "alpha": 0.0}),
+                c(f"LA alpha={a.la_alpha:g}", self.model, {**self.principle, "alpha": a.la_alpha}),
+                c("aligned", "aligned")]
+        for alpha in a.small_alpha:
+            rows.append(c(f"aligned + LA alpha={alpha:g}", "aligned",
+                          {**self.principle, "alpha": alpha}))
+        return rows
+
+    def adapter(self, name: str, deployment: str) -> Any:
+        return self.config_type(name, deployment)
+
+    def best_of_n(self, reward: str) -> Any:
+        n = self.args.best_of
+        return self.config_type(f"afd best-of-{n}", self.model,
+                                best_of_n={"n": n, "reward_model": reward}, temperature=0.7)
+
+    def add(self, configs: list[Any]) -> dict[str, Any]:
+        from server.evaluation.evaluate import EvalPlan
+        from server.evaluation.evaluate import evaluate as run_eval
+
+        self.configs += configs
+        plan = EvalPlan(configs=tuple(self.configs), suites=self.suites, sampling=self.sampling,
+                        output=Path(self.args.output) / "eval", concurrency=16,
+                        meta={"command": " ".join(sys.argv)})
+        # A client per run: an async client belongs to the event loop it first ran in.
+        report = asyncio.run(run_eval(plan, self.connect(), self.scorers, logger.info))
+        return {"results": report["results"],
+                "table": str(Path(self.args.output) / "eval" / "results.md")}
 
 
 def main() -> int:
@@ -317,9 +446,13 @@ def main() -> int:
     p.add_argument("--rpo-alpha", type=float, default=1.0)
     p.add_argument("--preset", default="harmless")
     p.add_argument("--la-alpha", type=float, default=1.0)
-    p.add_argument("--small-alpha", type=float, default=0.5)
+    p.add_argument("--small-alpha", type=float, nargs="+", default=[0.5],
+                   help="Alphas of the 'aligned + LA' rows.")
     p.add_argument("--eval-limit", type=int, default=60)
     p.add_argument("--best-of", type=int, default=4, help="N of the AfD Best-of-N row.")
+    p.add_argument("--helpfulness-rm", action=argparse.BooleanOptionalAction, default=True,
+                   help="Train the helpfulness reward model (Bradley-Terry on dpo_pairs).")
+    p.add_argument("--rm-steps", type=int, default=120)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
@@ -329,7 +462,7 @@ def main() -> int:
     args = p.parse_args()
     os.makedirs(args.output, exist_ok=True)
     result = run(args)
-    write_json(Path(args.output) / "align_loop.json", result)
+    save(args, result)
     logger.info("wrote %s", Path(args.output) / "align_loop.json")
     return 0
 

@@ -90,7 +90,7 @@ def build_pairs(
 ) -> Distilled:
     stats = {"harmful": 0, "benign": 0, "pairs": 0, "no_complying_answer": 0,
              "no_helpful_answer": 0, "fallback_refusals": 0, "aligned_refusal_chosen": 0,
-             "aligned_over_refusal_rejected": 0}
+             "aligned_over_refusal_rejected": 0, "plain_refusal_rejected": 0}
     pairs: list[dict[str, Any]] = []
     for i, (item, a) in enumerate(zip(items, answers, strict=True)):
         stats[item.kind] += 1
@@ -111,10 +111,13 @@ def build_pairs(
             if not complying:
                 stats["no_helpful_answer"] += 1
                 continue
-            aligned_refuses = is_refusal(a.aligned)
+            # The model's own refusals first (linear alignment's over-refusal, then a plain
+            # answer that declines an ordinary request): the habits the adapter must lose.
+            own = [t for t in (a.aligned, a.plain) if t.strip() and is_refusal(t)]
             chosen = complying[0]
-            rejected = a.aligned if aligned_refuses else declined
-            stats["aligned_over_refusal_rejected"] += aligned_refuses
+            rejected = own[0] if own else declined
+            stats["aligned_over_refusal_rejected"] += bool(own) and own[0] is a.aligned
+            stats["plain_refusal_rejected"] += bool(own) and own[0] is a.plain
         pairs.append({"messages": item.messages, "chosen": chosen, "rejected": rejected,
                       "kind": item.kind})
     stats["pairs"] = len(pairs)

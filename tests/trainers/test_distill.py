@@ -65,6 +65,15 @@ def test_benign_prompt_without_over_refusal_rejects_the_elicited_refusal() -> No
                              "rejected": declined, "kind": "benign"}
 
 
+def test_benign_prompt_the_plain_answer_declines_rejects_that_refusal() -> None:
+    plain = "I'm sorry, but as a chatbot I'm not equipped to provide recipes."
+    data = build_pairs([PromptItem(user("a falafel recipe"), "benign")],
+                       [Answers(plain=plain, aligned=HELP, declined="I can't assist.")])
+    assert data.pairs[0]["chosen"] == HELP and data.pairs[0]["rejected"] == plain
+    assert data.stats["plain_refusal_rejected"] == 1
+    assert data.stats["aligned_over_refusal_rejected"] == 0
+
+
 def test_a_decline_that_does_not_refuse_is_replaced_by_a_fallback() -> None:
     data = build_pairs([PromptItem(user("bake bread"), "benign")],
                        [Answers(HELP, HELP, declined="Bread is made from flour.")])
