@@ -59,6 +59,9 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "rpo_alpha": 1.0, "lora": {"r": 8, "alpha": 16, "target_modules": ATTENTION}}),
     "dpo+nll1 lr5e-5": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 5e-5}),
     "dpo+nll1 half data": ("dpo", "pairs", {"rpo_alpha": 1.0, "fraction": 0.5}),
+    "dpo+nll1 benign x2": ("dpo", "pairs-benign2", {"rpo_alpha": 1.0}),
+    "dpo+nll1 lr2e-4": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 2e-4}),
+    "dpo benign x2": ("dpo", "pairs-benign2", {}),
     "dpo+nll1 lr1e-3": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 1e-3}),
     "dpo+nll1 lr5e-4 150 steps": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 5e-4, "steps": 150}),
     "sft": ("sft", "demonstrations", {}),
@@ -172,6 +175,9 @@ def derived_datasets(admin: Admin, pairs: list[dict[str, Any]]) -> dict[str, str
         {"messages": p["messages"], "completion": p["rejected"], "label": False})]
     demos = [{"messages": p["messages"], "completion": p["chosen"]} for p in pairs]
     half = pair_rows[: len(pair_rows) // 2]
+    # Balance: every benign pair twice (harmful : benign 1 : 2 by weight, the same prompts).
+    benign2 = pair_rows + [r for r, p in zip(pair_rows, pairs, strict=True)
+                           if p.get("kind") == "benign"]
     # rDPO's soft labels: the behaviour the prompt's kind calls for scores 1, the other 0 (the
     # refusal scorer alone would score a benign prompt's helpful answer 0).
     scored = [{**r, "chosen_score": 1.0, "rejected_score": 0.0} for r in pair_rows]
@@ -179,6 +185,7 @@ def derived_datasets(admin: Admin, pairs: list[dict[str, Any]]) -> dict[str, str
         "pairs-scored": admin.upload("pairs-scored.jsonl", jsonl(scored), "pairs"),
         "pairs": admin.upload("pairs.jsonl", jsonl(pair_rows), "pairs"),
         "pairs-half": admin.upload("pairs-half.jsonl", jsonl(half), "pairs"),
+        "pairs-benign2": admin.upload("pairs-benign2.jsonl", jsonl(benign2), "pairs"),
         "pointwise": admin.upload("pointwise.jsonl", jsonl(point), "pointwise"),
         "demonstrations": admin.upload("demos.jsonl", jsonl(demos), "demonstrations"),
     }
@@ -254,6 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["align"] = {"job": job_id, "reused": True}
         else:
             job_id = align_once(admin, server, args, result)
+            save(args, result)
         data = torch.load(home / "jobs" / job_id / "align-data.pt", weights_only=False)
         result["align"].update({"synthesis_s": data["seconds"], "synthesis": data["stats"]})
         evaluation = Evaluation(server.base_url, home, model, args)

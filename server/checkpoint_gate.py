@@ -35,6 +35,9 @@ class CheckpointChecks:
         if not manifest_path.is_file():
             raise ValueError("checkpoint has no manifest")
         manifest = json.loads(manifest_path.read_text())
+        if manifest.get("method") == "reward_model":  # its policy adapter was never trained
+            raise ValueError("a reward_model checkpoint scores answers and is not a chat model: "
+                             "use its id with POST /v1/rewards or best_of_n.reward_model")
         bad = verify_checkpoint(folder)
         if bad:
             raise ValueError(f"checksum mismatch in {', '.join(bad)}")

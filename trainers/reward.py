@@ -1,4 +1,5 @@
-"""Deployable reward models (AfD's Init-SFT discriminator): load one and score completions.
+"""Deployable reward models (AfD's Init-SFT discriminator, or the Bradley-Terry model of
+method ``reward_model``): load one and score completions.
 
 Public API for the server's Best-of-N: it encodes (conversation, completion) exactly as the
 discriminator was trained (``trainers.modeling.encode``) and returns the logit ``f_φ(x, y)``,

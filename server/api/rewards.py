@@ -1,7 +1,8 @@
 """``POST /v1/rewards``: score (prompt, response) pairs with a deployed reward model.
 
-Reward models are checkpoints that carry ``reward_model/`` (AfD's discriminator). The score is
-the model's scalar logit, the reward Best-of-N maximises; the evaluation's reward-model metric
+Reward models are checkpoints that carry ``reward_model/``: AfD's discriminator, or the
+Bradley-Terry model of method ``reward_model``. The score is the model's scalar logit, the reward
+Best-of-N maximises; the evaluation's reward-model metric
 (``alignserve eval --reward-url .../v1/rewards --reward-model <checkpoint id>``) uses it.
 """
 
@@ -45,7 +46,7 @@ class RewardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(
         pattern=CHECKPOINT_ID_PATTERN,
-        description="Checkpoint id of a reward model (AfD).",
+        description="Checkpoint id of a reward model (methods afd, reward_model).",
     )
     inputs: Annotated[list[RewardInput], Field(min_length=1, max_length=MAX_INPUTS)]
 

@@ -3,6 +3,7 @@ answer of the engine, adapters and base alike)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,15 @@ def test_a_non_finite_tensor_is_refused_by_name(tmp_path: Path, bad: float) -> N
     save_file({"ok": torch.ones(2), "lora_B": poisoned}, tmp_path / "adapter.safetensors")
     with pytest.raises(ValueError, match="lora_B"):
         check_finite(tmp_path)
+
+
+def test_a_reward_model_checkpoint_is_not_a_chat_model(tmp_path: Path) -> None:
+    from server.checkpoint_gate import CheckpointChecks
+
+    folder = tmp_path / "checkpoints" / "ckpt-rm"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps(
+        {"method": "reward_model", "format": "peft-lora", "base_model": {}}))
+    checks = CheckpointChecks(None, tmp_path)  # type: ignore[arg-type]  # refused before the engine
+    with pytest.raises(ValueError, match="/v1/rewards"):
+        checks.verified_weights(folder, "adapter")
