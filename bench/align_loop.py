@@ -62,6 +62,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dpo+nll1 benign x2": ("dpo", "pairs-benign2", {"rpo_alpha": 1.0}),
     "dpo+nll1 lr2e-4": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 2e-4}),
     "dpo benign x2": ("dpo", "pairs-benign2", {}),
+    "dpo lr1e-3": ("dpo", "pairs", {"lr": 1e-3}),
+    "dpo+nll0.2": ("dpo", "pairs", {"rpo_alpha": 0.2}),
     "dpo+nll1 lr1e-3": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 1e-3}),
     "dpo+nll1 lr5e-4 150 steps": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 5e-4, "steps": 150}),
     "sft": ("sft", "demonstrations", {}),
@@ -267,8 +269,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         evaluation = Evaluation(server.base_url, home, model, args)
         result["eval"] = evaluation.add(evaluation.baselines())
         save(args, result)
-        if args.helpfulness_rm:
+        if args.helpfulness_rm_checkpoint:
+            result["helpfulness_rm"] = {"checkpoint": args.helpfulness_rm_checkpoint}
+            score_helpfulness(server.base_url, home, args, result)
+        elif args.helpfulness_rm:
             result["helpfulness_rm"] = train_helpfulness_rm(admin, home, args)
+            score_helpfulness(server.base_url, home, args, result)
+            save(args, result)
+        if args.trained:  # variants an earlier run of this command trained into this home
+            result["eval"] = evaluation.add([evaluation.adapter(n, slug(n)) for n in args.trained])
+            save(args, result)
+        if args.combine:  # a variant trained earlier (--trained) with a little alignment
+            combos = [evaluation.with_alignment(args.combine, slug(args.combine), a)
+                      for a in args.small_alpha]
+            result["eval"] = evaluation.add(combos)
             score_helpfulness(server.base_url, home, args, result)
             save(args, result)
         if args.variants:
@@ -326,9 +340,13 @@ def helpfulness(base_url: str, home: Path, output: Path, reward: str,
             answers.setdefault(row["config_name"], {})[row["item_id"]] = row["text"]
     http = httpx.Client(base_url=base_url, timeout=600,
                         headers={"Authorization": f"Bearer {USER}"})
-    scores: dict[str, dict[str, float]] = {}
+    cache = output / "helpfulness_scores.json"  # {reward: {config: {item: score}}}
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    scores: dict[str, dict[str, float]] = saved.setdefault(reward, {})
     for config, texts in answers.items():
         ids = sorted(texts)
+        if sorted(scores.get(config, {})) == ids:
+            continue
         got: list[float] = []
         for start in range(0, len(ids), 64):
             chunk = ids[start:start + 64]
@@ -337,9 +355,12 @@ def helpfulness(base_url: str, home: Path, output: Path, reward: str,
             r.raise_for_status()
             got += [float(x) for x in r.json()["scores"]]
         scores[config] = dict(zip(ids, got, strict=True))
+        cache.write_text(json.dumps(saved))
     base = scores.get("base", {})
     out: dict[str, dict[str, float]] = {}
     for config, by_item in scores.items():
+        if config not in answers:
+            continue
         shared = [i for i in by_item if i in base]
         out[config] = {
             "n": float(len(by_item)),
@@ -414,13 +435,16 @@ class Evaluation:
                 c("principle in prompt", self.model, {**self.principle, "alpha": 0.0}),
                 c(f"LA alpha={a.la_alpha:g}", self.model, {**self.principle, "alpha": a.la_alpha}),
                 c("aligned", "aligned")]
-        for alpha in a.small_alpha:
-            rows.append(c(f"aligned + LA alpha={alpha:g}", "aligned",
-                          {**self.principle, "alpha": alpha}))
+        rows.append(c(f"aligned + LA alpha={a.aligned_alpha:g}", "aligned",
+                      {**self.principle, "alpha": a.aligned_alpha}))
         return rows
 
     def adapter(self, name: str, deployment: str) -> Any:
         return self.config_type(name, deployment)
+
+    def with_alignment(self, name: str, deployment: str, alpha: float) -> Any:
+        return self.config_type(f"{name} + LA alpha={alpha:g}", deployment,
+                                {**self.principle, "alpha": alpha})
 
     def best_of_n(self, reward: str) -> Any:
         n = self.args.best_of
@@ -454,13 +478,21 @@ def main() -> int:
     p.add_argument("--rpo-alpha", type=float, default=1.0)
     p.add_argument("--preset", default="harmless")
     p.add_argument("--la-alpha", type=float, default=1.0)
-    p.add_argument("--small-alpha", type=float, nargs="+", default=[0.5],
-                   help="Alphas of the 'aligned + LA' rows.")
+    p.add_argument("--aligned-alpha", type=float, default=0.5,
+                   help="Alpha of the 'aligned + LA' row.")
+    p.add_argument("--small-alpha", type=float, nargs="+", default=[0.25, 0.5],
+                   help="Alphas of the --combine rows.")
     p.add_argument("--eval-limit", type=int, default=60)
     p.add_argument("--best-of", type=int, default=4, help="N of the AfD Best-of-N row.")
     p.add_argument("--helpfulness-rm", action=argparse.BooleanOptionalAction, default=True,
                    help="Train the helpfulness reward model (Bradley-Terry on dpo_pairs).")
-    p.add_argument("--rm-steps", type=int, default=120)
+    p.add_argument("--rm-steps", type=int, default=60)
+    p.add_argument("--helpfulness-rm-checkpoint", default=None,
+                   help="Score with this reward-model checkpoint instead of training one.")
+    p.add_argument("--trained", nargs="*", default=[], choices=sorted(VARIANTS),
+                   help="Variants already trained and deployed in --home: evaluated only.")
+    p.add_argument("--combine", default=None, choices=sorted(VARIANTS),
+                   help="Also evaluate this variant with linear alignment at --small-alpha.")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))

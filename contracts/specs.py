@@ -359,7 +359,9 @@ class RewardModelSpec(_Base):
 class SynthesisSpec(Strict):
     max_tokens: int = Field(default=96, ge=8, le=1024)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    concurrency: int = Field(default=16, ge=1, le=256, description="Requests in flight.")
+    concurrency: int = Field(
+        default=64, ge=1, le=256, description="Requests in flight: vLLM batches them (on the "
+        "2-core CPU, 64 in flight answered 3.7x faster than transformers, 16 only 1.9x).")
 
 
 class AlignSpec(_Base):
@@ -376,7 +378,8 @@ class AlignSpec(_Base):
     objective: Literal["dpo", "ulma", "pointwise_dpo", "sft"] = Field(
         default="dpo", description="What trains on the distilled data (docs/alignment.md).")
     rpo_alpha: float | None = Field(
-        default=1.0, ge=0.0, le=100.0, description="Chosen-answer NLL weight with 'dpo'.")
+        default=None, ge=0.0, le=100.0, description="Chosen-answer NLL weight with 'dpo' "
+        "(none by default: the NLL on the refusals taught over-refusal, docs/alignment.md).")
     max_prompts: int = Field(default=1000, ge=1, le=100_000)
     synthesis: SynthesisSpec = Field(default_factory=SynthesisSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)

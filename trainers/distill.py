@@ -156,7 +156,7 @@ class Synthesis:
     max_tokens: int = 96
     temperature: float = 0.0
     seed: int = 0
-    concurrency: int = 16  # requests in flight: what vLLM batches together
+    concurrency: int = 64  # requests in flight: what vLLM batches together
 
 
 async def synthesise(
@@ -196,7 +196,7 @@ async def synthesise(
 
 async def answer_all(
     engine: EngineClient, conversations: Sequence[Messages], *, max_tokens: int,
-    temperature: float, top_p: float = 1.0, seed: int = 0, concurrency: int = 16,
+    temperature: float, top_p: float = 1.0, seed: int = 0, concurrency: int = 64,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> list[str]:
     """One answer per conversation through the engine, ``concurrency`` in flight, order kept

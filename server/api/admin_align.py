@@ -43,21 +43,25 @@ class AlignRequest(BaseModel):
     deploy: bool = True
     gate: GateSpec | None = Field(default_factory=default_gate)
     objective: Literal["dpo", "ulma", "pointwise_dpo", "sft"] = "dpo"
-    rpo_alpha: float | None = Field(default=1.0, ge=0.0, le=100.0)
+    rpo_alpha: float | None = Field(
+        default=None, ge=0.0, le=100.0,
+        description="Chosen-answer NLL weight with 'dpo' (none by default: docs/alignment.md).")
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     lora: dict[str, Any] | None = None
     seed: int = Field(default=0, ge=0, le=2**31)
     max_tokens: int = Field(default=96, ge=8, le=1024, description="Answer length in synthesis.")
 
 
-# What moved behaviour in the ablation (docs/alignment.md): LoRA on attention and MLP.
+# The ablation's choice (docs/alignment.md): plain DPO (no chosen-NLL), 60 steps of 4 pairs at
+# 5e-4. With the NLL on the refusals the adapter refused ordinary requests; at 1e-3 it stopped
+# refusing harmful ones. LoRA on attention and MLP was not ablated.
 DEFAULT_LORA: dict[str, Any] = {
     "r": 8, "alpha": 16,
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                        "down_proj"],
 }
 DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
-    "max_steps": 60, "batch_size": 4, "learning_rate": 2e-4, "max_length": 384,
+    "max_steps": 60, "batch_size": 4, "learning_rate": 5e-4, "max_length": 384,
     "max_prompt_length": 192, "checkpoint_every": 20,
 }
 

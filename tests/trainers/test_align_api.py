@@ -50,7 +50,8 @@ def test_align_queues_one_job_with_engine_deploy_and_gate(client: TestClient) ->
     assert config["method"] == "align" and config["dataset"] == dataset
     assert config["engine"] == {"base_url": ENGINE_URL, "model": "tiny"}
     assert config["hyperparameters"]["max_steps"] == 2
-    assert config["rpo_alpha"] == 1.0 and config["objective"] == "dpo"
+    assert config["rpo_alpha"] is None and config["objective"] == "dpo"
+    assert config["hyperparameters"]["learning_rate"] == 5e-4
     assert "gate_proj" in config["lora"]["target_modules"]
     deploy = config["deploy"]
     assert deploy["name"] == "safe" and deploy["mode"] == "adapter"
