@@ -474,8 +474,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--synth-tokens", type=int, default=96, help="Answer length in synthesis.")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--rpo-alpha", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--rpo-alpha", type=float, default=None,
+                   help="Chosen-NLL weight of the loop's DPO (default: none, the product's).")
     p.add_argument("--preset", default="harmless")
     p.add_argument("--la-alpha", type=float, default=1.0)
     p.add_argument("--aligned-alpha", type=float, default=0.5,
