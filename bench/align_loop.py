@@ -2,18 +2,23 @@
 
 One server (the embedded model, one training worker) does everything through its own APIs:
 
-1. ``align``: the built-in training prompts (``server.align_prompts``: harmful and benign
-   requests no evaluation suite asks), principle distillation through the engine, then the
-   default objective; the checkpoint is deployed as an adapter. Stage times come from the job's
-   events and metrics.
-2. Ablation (``--variants``): the same distilled pairs (read from the align job's work dir) as
-   datasets, and one job per variant (objective, rpo_alpha, LoRA placement/rank, learning rate,
-   steps, data size), each deployed under its own name.
-3. Evaluation on the dev suites (``harmful``, ``helpful``, ``benign_sensitive``; prompts no
-   training used) of: base, principle in the prompt, linear alignment, every adapter plainly,
-   and the default adapter with linear alignment at a small alpha.
+1. The loop: ``POST /admin/v1/align`` with the built-in training prompts (harmful and benign
+   requests no evaluation suite asks) and the default gate, timed stage by stage from the job's
+   events, with the CPU other processes used meanwhile. A gate refusal is recorded, and the
+   checkpoint is then deployed anyway so that it can be measured. ``--pairs-from`` skips this
+   and reuses an earlier run's pairs in the same ``--home``.
+2. Ablation (``--variants``): the same distilled pairs as datasets (pairs, point-wise labels,
+   demonstrations, rDPO scores), one job per variant, each deployed under its own name and
+   evaluated as soon as it is live (a run cut short keeps what it measured).
+3. Evaluation (``bench/align_eval.py``) on the dev suites (``harmful``, ``helpful``,
+   ``benign_sensitive``; prompts no training used): base, principle in the prompt, linear
+   alignment, every adapter plainly, and adapters with linear alignment at small alphas;
+   answers are cached per configuration. A Bradley-Terry reward model trained on ``dpo_pairs``
+   judges ordinary answers against the base's (the helpfulness proxy).
 
     .venv/bin/python bench/align_loop.py --home /tmp/align-home --output bench/results/align
+
+(the full command with its variants: docs/alignment.md)
 
 Rates are behaviour, not speed: they do not need an idle machine. Stage times do; the script
 records the machine's load next to them.
