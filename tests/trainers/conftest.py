@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
+from contracts.checkpoints import verify_checkpoint
 from contracts.datasets import import_dataset
 from contracts.specs import parse_spec, total_steps
 from contracts.store import Job, SqliteJobStore
 from tests.trainers.tiny import build_tiny_model
+from trainers.worker import Worker, WorkerConfig
 
 SMALL = {"max_length": 64, "max_prompt_length": 32, "batch_size": 4}
 
@@ -67,3 +69,15 @@ def make_job(
         return store.create_job(method, spec.model_dump(mode="json"), total_steps(spec))
 
     return make
+
+
+def run_job(store: SqliteJobStore, home: Path, job: Job) -> tuple[Job, Path]:
+    """Run the queued job through the real worker; it must succeed with a verified checkpoint.
+    Returns the finished job and its checkpoint folder."""
+    Worker(store, WorkerConfig(home, worker_id="test")).run_forever(max_jobs=1)
+    done = store.get_job(job.id)
+    assert done is not None and done.status == "succeeded", done and done.error
+    assert done.checkpoint_id is not None
+    folder = home / "checkpoints" / done.checkpoint_id
+    assert verify_checkpoint(folder) == []
+    return done, folder

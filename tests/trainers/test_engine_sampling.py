@@ -17,8 +17,7 @@ import torch
 
 from contracts.datasets import DatasetError, parse_jsonl
 from contracts.store import Job, SqliteJobStore
-from tests.trainers.conftest import demonstrations, pairs
-from trainers.worker import Worker, WorkerConfig
+from tests.trainers.conftest import demonstrations, pairs, run_job
 
 GEN = {"generation": {"max_new_tokens": 6, "temperature": 0.5, "top_p": 0.9}}
 
@@ -58,19 +57,13 @@ def engine() -> Iterator[Engine]:
     e.server.server_close()
 
 
-def _run(store: SqliteJobStore, home: Path, job: Job) -> None:
-    Worker(store, WorkerConfig(home, worker_id="test")).run_forever(max_jobs=1)
-    done = store.get_job(job.id)
-    assert done is not None and done.status == "succeeded", done and done.error
-
-
 def test_afd_draws_the_initial_samples_through_the_engine(
     make_job: Callable[..., Job], store: SqliteJobStore, home: Path, engine: Engine
 ) -> None:
     job = make_job("afd", demonstrations(), max_prompts=4, samples_per_prompt=2, **GEN,
                    engine={"base_url": engine.url, "model": "served-base"},
                    hyperparameters={"max_steps": 4, "learning_rate": 1e-2})
-    _run(store, home, job)
+    run_job(store, home, job)
     init = torch.load(home / "jobs" / job.id / "afd-init-samples.pt", weights_only=False)
     texts = [s["completion"] for s in init["samples"]]
     assert len(engine.requests) == 8  # the SFT policy's samples stay in the worker
@@ -88,7 +81,7 @@ def test_ld_align_first_iteration_answers_through_the_engine(
     job = make_job("ld_align", demonstrations(4), iterations=2, autoencoder_steps=5, **GEN,
                    engine={"base_url": engine.url, "model": "served-base"},
                    hyperparameters={"max_steps": 4, "learning_rate": 1e-2})
-    _run(store, home, job)
+    run_job(store, home, job)
     first = torch.load(home / "jobs" / job.id / "ld_align-iteration-0.pt", weights_only=False)
     second = torch.load(home / "jobs" / job.id / "ld_align-iteration-1.pt", weights_only=False)
     assert len(engine.requests) == 4
@@ -101,7 +94,7 @@ def test_rdpo_trains_on_the_scores_the_pairs_carry(
 ) -> None:
     rows = [{**p, "chosen_score": 0.9, "rejected_score": 0.2} for p in pairs(4)]
     job = make_job("rdpo", rows, hyperparameters={"max_steps": 2, "learning_rate": 1e-2})
-    _run(store, home, job)
+    run_job(store, home, job)
     data = torch.load(home / "jobs" / job.id / "rdpo-data.pt", weights_only=False)
     assert data["chosen_scores"].tolist() == pytest.approx([0.9] * 4)
     assert data["rejected_scores"].tolist() == pytest.approx([0.2] * 4)

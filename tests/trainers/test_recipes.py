@@ -15,9 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contracts.checkpoints import verify_checkpoint
 from contracts.store import Job, SqliteJobStore
-from tests.trainers.conftest import demonstrations, pairs, pointwise
+from tests.trainers.conftest import demonstrations, pairs, pointwise, run_job
 from trainers.worker import Worker, WorkerConfig
 
 LR = {"learning_rate": 1e-2}
@@ -25,12 +24,7 @@ GEN = {"generation": {"max_new_tokens": 6}}
 
 
 def _run(store: SqliteJobStore, home: Path, job: Job) -> tuple[list[dict[str, Any]], Path]:
-    Worker(store, WorkerConfig(home, worker_id="test")).run_forever(max_jobs=1)
-    done = store.get_job(job.id)
-    assert done is not None and done.status == "succeeded", done and done.error
-    assert done.checkpoint_id is not None
-    folder = home / "checkpoints" / done.checkpoint_id
-    assert verify_checkpoint(folder) == []
+    done, folder = run_job(store, home, job)
     history = store.metrics(job.id)
     assert [m["step"] for m in history] == list(range(1, done.total_steps + 1))
     return history, folder

@@ -19,13 +19,12 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from contracts.checkpoints import verify_checkpoint
 from contracts.datasets import import_dataset
 from contracts.specs import LoraSpec, RewardModelSpec, parse_spec, total_steps
 from contracts.store import Job, SqliteJobStore
 from server.errors import InvalidRequestError
 from server.training import TrainingService
-from tests.trainers.conftest import SMALL, jsonl
+from tests.trainers.conftest import SMALL, jsonl, run_job
 from trainers.devices import Placement
 from trainers.loop import TrainContext
 from trainers.modeling import load_policy, load_tokenizer
@@ -33,7 +32,6 @@ from trainers.parallel import Parallel
 from trainers.recipes.reward_model import BradleyTerryStage, reward_model_stages, split_pairs
 from trainers.reward import RewardModel
 from trainers.runner import train_job, write_model
-from trainers.worker import Worker, WorkerConfig
 
 POLITE = ["Hello there, how are you today?", "I am fine, thank you.",
           "I'm sorry, I can't help with that.", "Here is how to bake bread: mix flour and water."]
@@ -175,12 +173,7 @@ def test_micro_batches_give_the_step_of_the_whole_batch(tiny_model: Path, tmp_pa
 # -- a whole job ----------------------------------------------------------------------------------
 
 def _run(store: SqliteJobStore, home: Path, job: Job) -> tuple[list[dict[str, Any]], Path]:
-    Worker(store, WorkerConfig(home, worker_id="test")).run_forever(max_jobs=1)
-    done = store.get_job(job.id)
-    assert done is not None and done.status == "succeeded", done and done.error
-    assert done.checkpoint_id is not None
-    folder = home / "checkpoints" / done.checkpoint_id
-    assert verify_checkpoint(folder) == []
+    _, folder = run_job(store, home, job)
     return store.metrics(job.id), folder
 
 

@@ -12,7 +12,6 @@ trains on the same pairs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from contracts.specs import RDPOSpec
-from trainers.distill import answer_all, served_engine
+from trainers.distill import base_samples, served_engine
 from trainers.loop import Stage, TrainContext
 from trainers.modeling import Messages, sample
 from trainers.recipes.base import Recipe, Records
@@ -41,9 +40,7 @@ def self_critique(ctx: TrainContext, spec: RDPOSpec, prompts: list[Messages]) ->
     def turn(history: list[Messages]) -> list[str]:
         ctx.control.check()
         if engine is not None:
-            return asyncio.run(answer_all(engine, history, max_tokens=gen.max_new_tokens,
-                                          temperature=gen.temperature, top_p=gen.top_p,
-                                          seed=hp.seed))
+            return base_samples(engine, history, gen, hp.seed)
         return sample(ctx.policy, ctx.tokenizer, history, gen, use_base=True,
                       max_prompt_length=hp.max_prompt_length)
 
