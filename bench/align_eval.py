@@ -111,8 +111,8 @@ class Evaluation:
         rows = [c("base", self.model),
                 c("principle in prompt", self.model, {**self.principle, "alpha": 0.0}),
                 c(f"LA alpha={a.la_alpha:g}", self.model, {**self.principle, "alpha": a.la_alpha}),
-                c("aligned", "aligned")]
-        rows.append(c(f"aligned + LA alpha={a.aligned_alpha:g}", "aligned",
+                c(a.align_name, a.align_name)]
+        rows.append(c(f"{a.align_name} + LA alpha={a.aligned_alpha:g}", a.align_name,
                       {**self.principle, "alpha": a.aligned_alpha}))
         return rows
 

@@ -203,7 +203,7 @@ def align_once(admin: Admin, server: ServerProcess, args: argparse.Namespace,
     """The product's one call (``POST /admin/v1/align``, default gate), timed stage by stage
     from the job's events, with the CPU other processes used meanwhile."""
     body = {"preset": args.preset, "alpha": args.la_alpha, "prompts": "builtin",
-            "count": args.prompts, "name": "aligned", "rpo_alpha": args.rpo_alpha,
+            "count": args.prompts, "name": args.align_name, "rpo_alpha": args.rpo_alpha,
             "max_tokens": args.synth_tokens, "seed": args.seed,
             "hyperparameters": {"max_steps": args.steps, "batch_size": args.batch_size,
                                 "learning_rate": args.lr}}
@@ -221,8 +221,8 @@ def align_once(admin: Admin, server: ServerProcess, args: argparse.Namespace,
     logger.info("align job %s: loop %.0f s (other processes %.2f cores), gate %s",
                 job_id, window.wall_s, window.foreign_cores, gate.get("status"))
     if gate.get("status") != "passed":  # measured anyway, under another name
-        admin.deploy(admin.checkpoint_of(job_id), "aligned")
-    admin.wait_live("aligned")
+        admin.deploy(admin.checkpoint_of(job_id), args.align_name)
+    admin.wait_live(args.align_name)
     return job_id
 
 
@@ -357,6 +357,9 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--rpo-alpha", type=float, default=None,
                    help="Chosen-NLL weight of the loop's DPO (default: none, the product's).")
+    p.add_argument("--align-name", default="aligned",
+                   help="Deployment (and table row) of the loop's adapter; another name keeps "
+                        "an earlier loop's rows in the same --home and --output.")
     p.add_argument("--preset", default="harmless")
     p.add_argument("--la-alpha", type=float, default=1.0)
     p.add_argument("--aligned-alpha", type=float, default=0.5,
