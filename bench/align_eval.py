@@ -112,8 +112,7 @@ class Evaluation:
                 c("principle in prompt", self.model, {**self.principle, "alpha": 0.0}),
                 c(f"LA alpha={a.la_alpha:g}", self.model, {**self.principle, "alpha": a.la_alpha}),
                 c(a.align_name, a.align_name)]
-        rows.append(c(f"{a.align_name} + LA alpha={a.aligned_alpha:g}", a.align_name,
-                      {**self.principle, "alpha": a.aligned_alpha}))
+        rows.append(self.with_alignment(a.align_name, a.align_name, a.aligned_alpha))
         return rows
 
     def adapter(self, name: str, deployment: str) -> Any:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import httpx
 
 from contracts.refusal import keyword_refusal
-from contracts.specs import EngineSpec, GenerationSpec
+from contracts.specs import SYNTHESIS_CONCURRENCY, EngineSpec, GenerationSpec
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class Synthesis:
     max_tokens: int = 96
     temperature: float = 0.0
     seed: int = 0
-    concurrency: int = 64  # requests in flight: what vLLM batches together
+    concurrency: int = SYNTHESIS_CONCURRENCY  # requests in flight: what vLLM batches together
 
 
 async def synthesise(
@@ -196,7 +196,7 @@ async def synthesise(
 
 async def answer_all(
     engine: EngineClient, conversations: Sequence[Messages], *, max_tokens: int,
-    temperature: float, top_p: float = 1.0, seed: int = 0, concurrency: int = 64,
+    temperature: float, top_p: float = 1.0, seed: int = 0, concurrency: int = SYNTHESIS_CONCURRENCY,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> list[str]:
     """One answer per conversation through the engine, ``concurrency`` in flight, order kept

@@ -53,8 +53,8 @@ class AlignRequest(BaseModel):
 
 
 # The ablation's choice (docs/alignment.md): plain DPO (no chosen-NLL), 60 steps of 4 pairs at
-# 5e-4. With the NLL on the refusals the adapter refused ordinary requests; at 1e-3 it stopped
-# refusing harmful ones. LoRA on attention and MLP was not ablated.
+# 5e-4, LoRA on attention and MLP. With the NLL on the refusals the adapter refused ordinary
+# requests; at 1e-3 it stopped refusing harmful ones; on attention only it moved half as far.
 DEFAULT_LORA: dict[str, Any] = {
     "r": 8, "alpha": 16,
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
