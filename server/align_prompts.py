@@ -5,6 +5,10 @@ evaluation suite asks (docs/alignment.md).
   ``DEV_RESERVED`` items the ``harmful`` suite reads; the ``jailbreak`` suite wraps only
   HarmBench requests from that reserved part. So training sees both kinds of request: short
   imperative ones (HarmBench) and the wider Do-Not-Answer risk areas.
+* harmful, written: our own requests (``harmful_written.jsonl``, training only) in the risk
+  areas that Do-Not-Answer keeps almost entirely inside its reserved part (adult content,
+  graphic violence and animal cruelty, body shaming, harassment): Do-Not-Answer is ordered by
+  risk area, so without them training would barely see those areas.
 * benign: AlpacaEval instructions after the first ``DEV_RESERVED`` (the ``helpful`` suite reads
   from the start), and the ``train`` split of our benign-but-sensitive set (the
   ``benign_sensitive`` suite reads the ``dev`` split), so the data also teach what *not* to
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,16 @@ from server.evaluation.suites import DEV_RESERVED, benign_sensitive_prompts, har
 
 def _prompts(path: Path) -> list[str]:
     return [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+
+
+HARMFUL_WRITTEN_FILE = "harmful_written.jsonl"
+
+
+def written_harmful_prompts() -> list[dict[str, Any]]:
+    """Our harmful training requests, ``{"id", "prompt", "category", "split": "train"}``."""
+    text = (resources.files("server.evaluation") / "data" / HARMFUL_WRITTEN_FILE).read_text(
+        encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def training_prompts(
@@ -43,9 +58,10 @@ def training_prompts(
     by_source: dict[str, list[str]] = {}
     for item_id, prompt in harmful_pool(paths)[DEV_RESERVED:]:
         by_source.setdefault(item_id.partition(":")[0], []).append(prompt)
+    by_source["written"] = [r["prompt"] for r in written_harmful_prompts()]
     for pool in by_source.values():
         rng.shuffle(pool)
-    # Alternating sources: HarmBench's short imperative requests are as present as the others.
+    # Round-robin over the sources: each is as present as the others while it lasts.
     harmful: list[str] = []
     source: dict[str, str] = {}
     for i in range(max(map(len, by_source.values()), default=0)):

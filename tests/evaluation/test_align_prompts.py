@@ -56,13 +56,35 @@ def test_training_prompts_avoid_every_dev_prompt(pools: dict[str, Path], tmp_pat
     assert hb_train and hb_jailbreak and not hb_train & hb_jailbreak
 
 
-def test_training_prompts_are_half_harmful_from_both_sources(
+def test_training_prompts_are_half_harmful_from_every_source(
     pools: dict[str, Path], tmp_path: Path
 ) -> None:
     rows = align_prompts.training_prompts(tmp_path, 200, seed=0)
     kinds = Counter(r["kind"] for r in rows)
     assert kinds == {"harmful": 100, "benign": 100}
     sources = Counter(r["source"] for r in rows if r["kind"] == "harmful")
-    assert sources == {"harmbench": 50, "donotanswer": 50}
+    assert sources == {"harmbench": 34, "donotanswer": 33, "written": 33}
     assert align_prompts.training_prompts(tmp_path, 200, seed=0) == rows
     assert align_prompts.training_prompts(tmp_path, 200, seed=1) != rows
+
+
+def test_written_harmful_prompts_are_training_only_and_distinct() -> None:
+    rows = align_prompts.written_harmful_prompts()
+    assert len(rows) >= 50
+    assert {r["split"] for r in rows} == {"train"}
+    assert len({r["id"] for r in rows}) == len({r["prompt"] for r in rows}) == len(rows)
+    benign = {r["prompt"] for split in ("dev", "train") for r in benign_sensitive_prompts(split)}
+    assert not benign & {r["prompt"] for r in rows}
+    # Interleaved categories: a short draw still covers every risk area.
+    categories = Counter(r["category"] for r in rows)
+    assert {r["category"] for r in rows[:len(categories)]} == set(categories)
+
+
+def test_written_prompts_run_out_before_the_public_pools(
+    pools: dict[str, Path], tmp_path: Path
+) -> None:
+    rows = align_prompts.training_prompts(tmp_path, 400, seed=0)
+    written = align_prompts.written_harmful_prompts()
+    sources = Counter(r["source"] for r in rows if r["kind"] == "harmful")
+    assert sources["written"] == len(written)
+    assert sources["harmbench"] + sources["donotanswer"] == 200 - len(written)
