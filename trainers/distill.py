@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -124,14 +124,33 @@ def build_pairs(
     return Distilled(pairs, stats)
 
 
+# Answers worth asking again: the engine is busy, restarting or slow, not refusing the request.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class EngineError(RuntimeError):
+    """The engine refused a request, or stayed busy through every retry."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"engine answered {status}: {text}")
+        self.status = status
+        self.retryable = status in RETRY_STATUSES
+
+
 @dataclass(frozen=True)
 class EngineClient:
-    """The serving engine through its OpenAI API (our ``alignment`` extension for z_p)."""
+    """The serving engine through its OpenAI API (our ``alignment`` extension for z_p).
+
+    A request that times out, cannot connect or gets a busy answer (429, 5xx gateway / 503) is
+    sent again ``retries`` times, waiting 1, 2, 4 ... s; any other error status raises at once.
+    """
 
     base_url: str
     model: str
     api_key: str | None = None
     timeout_s: float = 600.0
+    retries: int = 3
+    backoff_s: float = 1.0
 
     async def chat(self, client: httpx.AsyncClient, messages: Messages, *, max_tokens: int,
                    temperature: float, seed: int, alignment: dict[str, Any] | None = None,
@@ -142,12 +161,26 @@ class EngineClient:
         if alignment is not None:
             body["alignment"] = alignment
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        r = await client.post(f"{self.base_url.rstrip('/')}/v1/chat/completions", json=body,
-                              headers=headers, timeout=self.timeout_s)
-        if r.status_code != 200:
-            raise RuntimeError(f"engine answered {r.status_code}: {r.text[:300]}")
-        content: str = r.json()["choices"][0]["message"]["content"] or ""
-        return content
+        url = f"{self.base_url.rstrip('/')}/v1/chat/completions"
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                r = await client.post(url, json=body, headers=headers, timeout=self.timeout_s)
+            except httpx.TransportError as exc:  # timeouts, refused or dropped connections
+                if last:
+                    raise
+                logger.warning("engine request failed (%r); retry %d of %d", exc, attempt + 1,
+                               self.retries)
+            else:
+                if r.status_code == 200:
+                    content: str = r.json()["choices"][0]["message"]["content"] or ""
+                    return content
+                if r.status_code not in RETRY_STATUSES or last:
+                    raise EngineError(r.status_code, r.text[:300])
+                logger.warning("engine answered %d; retry %d of %d", r.status_code,
+                               attempt + 1, self.retries)
+            await asyncio.sleep(self.backoff_s * 2 ** attempt)
+        raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -163,11 +196,28 @@ async def synthesise(
     engine: EngineClient, items: Sequence[PromptItem], synthesis: Synthesis,
     progress: Callable[[int, int], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    kept: Mapping[int, Answers] | None = None,
+    on_answers: Callable[[int, Answers], None] | None = None,
 ) -> list[Answers]:
-    """Three answers per prompt, ``concurrency`` requests in flight; order kept."""
-    gate = asyncio.Semaphore(synthesis.concurrency)
-    done = 0
-    results: list[Answers | None] = [None] * len(items)
+    """Three answers per prompt, ``concurrency`` requests in flight; order kept.
+
+    Prompts in ``kept`` (by index) are not asked again. A prompt's three requests go out
+    together, so prompts finish one by one from the start: ``on_answers(i, answers)`` hears each
+    as it completes (to keep it) and ``progress`` counts them, kept ones included. When the
+    engine fails a prompt (after its retries) the others still finish; then the first failure
+    is raised.
+    """
+    kept = dict(kept or {})
+    requests = asyncio.Semaphore(synthesis.concurrency)
+    open_prompts = asyncio.Semaphore(max(1, -(-synthesis.concurrency // 3)))
+    done = len(kept)
+    results: list[Answers | None] = [kept.get(i) for i in range(len(items))]
+    failures: list[Exception] = []
+
+    async def ask(client: httpx.AsyncClient, messages: Messages,
+                  settings: dict[str, Any], alignment: dict[str, Any] | None = None) -> str:
+        async with requests:
+            return await engine.chat(client, messages, alignment=alignment, **settings)
 
     async def one(client: httpx.AsyncClient, i: int, item: PromptItem) -> None:
         nonlocal done
@@ -176,21 +226,28 @@ async def synthesise(
                                     "seed": synthesis.seed + i}
         decline = [{"role": "system", "content": DECLINE_INSTRUCTION},
                    *[m for m in item.messages if m["role"] != "system"]]
-        async with gate:
-            plain = await engine.chat(client, item.messages, **settings)
-        async with gate:
-            aligned = await engine.chat(client, item.messages, alignment=synthesis.alignment,
-                                        **settings)
-        async with gate:
-            declined = await engine.chat(client, decline, **settings)
-        results[i] = Answers(plain, aligned, declined)
+        async with open_prompts:
+            try:
+                plain, aligned, declined = await asyncio.gather(
+                    ask(client, item.messages, settings),
+                    ask(client, item.messages, settings, synthesis.alignment),
+                    ask(client, decline, settings))
+            except (httpx.TransportError, EngineError) as exc:
+                failures.append(exc)  # the other prompts still finish and are kept
+                return
+        results[i] = answers = Answers(plain, aligned, declined)
         done += 1
+        if on_answers is not None:
+            on_answers(i, answers)
         if progress is not None:
             progress(done, len(items))
 
     limits = httpx.Limits(max_connections=synthesis.concurrency + 4)
     async with httpx.AsyncClient(limits=limits, transport=transport) as client:
-        await asyncio.gather(*(one(client, i, item) for i, item in enumerate(items)))
+        await asyncio.gather(*(one(client, i, item) for i, item in enumerate(items)
+                               if i not in kept))
+    if failures:
+        raise failures[0]
     return [r for r in results if r is not None]
 
 

@@ -42,6 +42,11 @@ class Diverged(RuntimeError):
     """The loss or the gradient stopped being finite: the job fails, nothing is saved."""
 
 
+class Transient(RuntimeError):
+    """A passing failure outside the job (the serving engine timed out or went away): the worker
+    gives the job back to resume from what it kept, up to its attempt limit."""
+
+
 class Stop(Exception):
     """Training stops between two steps."""
 

@@ -9,7 +9,8 @@ the job back to the queue and exits. A paused job stops the same way (resume poi
 
 Jobs train on the worker's device (``ALIGNSERVE_WORKER_DEVICE``, ``trainers.devices``). A job
 whose ``resources`` ask for DDP or FSDP runs under torchrun (``trainers.launch``) while this
-process keeps its lease; when a rank dies, the job is requeued to resume (``RankFailure``).
+process keeps its lease; when a rank dies (``RankFailure``) or the serving engine fails the job's
+synthesis for a while (``Transient``), the job is requeued to resume.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from contracts.store import Control as StoreControl
 from contracts.store import JobStore, open_store
 from trainers.devices import DEVICE_ENV, INDEX_ENV
 from trainers.launch import RankFailure
-from trainers.loop import Interrupted, JobCancelled, LeaseLost
+from trainers.loop import Interrupted, JobCancelled, LeaseLost, Transient
 from trainers.runner import JobError, run_job
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class Worker:
                 self.store.release(job.id, self.id, "worker shut down; will resume")
         except JobError as e:
             self.store.finish(job.id, self.id, "failed", error=str(e))
-        except RankFailure as e:  # a rank died: resume from the last resume point, or give up
+        except (RankFailure, Transient) as e:  # resume from what was kept, or give up
             logger.error("job %s: %s", job.id, e)
             if job.attempts < self.config.max_attempts:
                 self.store.release(job.id, self.id, f"{e}; will resume")

@@ -1,17 +1,23 @@
 """``align``: principle distillation then training, one job (docs/alignment.md).
 
-The first stage's ``prepare`` generates the data through the serving engine (``trainers.distill``)
-and caches it in the job's work dir, so a resumed job trains on the same pairs and never
-generates twice. The objective then trains on them: DPO with the chosen-answer NLL (the default,
-``rpo_alpha``), point-wise DPO / ULMA on the derived labels, or SFT on the chosen answers.
+The first stage's ``prepare`` generates the data through the serving engine
+(``trainers.distill``) and caches it in the job's work dir, so a resumed job trains on the same
+pairs and never generates twice. Each prompt's answers are kept as they arrive
+(``align-answers.jsonl``): a job stopped, or given back because the engine failed for a while,
+asks only the rest. The objective then trains on the data: DPO (the default; ``rpo_alpha`` adds
+the chosen-answer NLL), point-wise DPO / ULMA on the derived labels, or SFT on the chosen
+answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,14 +26,16 @@ from torch import Tensor
 from contracts.specs import AlignSpec
 from trainers.distill import (
     ENGINE_URL_ENV,
+    Answers,
     EngineClient,
+    EngineError,
     PromptItem,
     Synthesis,
     build_pairs,
     served_engine,
     synthesise,
 )
-from trainers.loop import Stage, TrainContext
+from trainers.loop import Stage, TrainContext, Transient
 from trainers.recipes.base import Recipe, Records
 from trainers.recipes.stages import PairStage, PointwiseStage, SFTStage
 
@@ -56,16 +64,42 @@ def engine_client(spec: AlignSpec) -> EngineClient:
     return engine
 
 
+ANSWERS_FILE = "align-answers.jsonl"
+
+
+def prompt_key(item: PromptItem) -> str:
+    return hashlib.sha256(json.dumps(item.messages, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def kept_answers(path: Path, items: list[PromptItem]) -> dict[int, Answers]:
+    """What an earlier attempt of this job answered, for the same prompts. A line a killed worker
+    left half written is skipped (that prompt is asked again)."""
+    kept: dict[int, Answers] = {}
+    if not path.is_file():
+        return kept
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            i = int(row["i"])
+            if 0 <= i < len(items) and row["key"] == prompt_key(items[i]):
+                kept[i] = Answers(row["plain"], row["aligned"], row["declined"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return kept
+
+
 def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, Any]:
     items = prompt_items(records, spec.max_prompts)
     engine = engine_client(spec)
     synthesis = Synthesis(spec.alignment(), spec.synthesis.max_tokens,
                           spec.synthesis.temperature, spec.hyperparameters.seed,
                           spec.synthesis.concurrency)
+    answers_path = ctx.work_dir / ANSWERS_FILE
+    kept = kept_answers(answers_path, items)
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
-        ctx.control.check()  # cancel, pause or shutdown: stop generating (nothing is cached)
+        ctx.control.check()  # cancel, pause or shutdown: stop generating (answers so far kept)
         now = time.monotonic()
         if done == total or now - last[0] > 10:
             last[0] = now
@@ -73,14 +107,27 @@ def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, An
                               {"stage": "synthesis", "done": done, "total": total})
 
     started = time.monotonic()
-    ctx.control.event(f"synthesis: {len(items)} prompts through {engine.base_url}",
-                      {"stage": "synthesis", "total": len(items)})
-    try:
-        answers = asyncio.run(synthesise(engine, items, synthesis, progress))
-    except httpx.HTTPError as exc:
-        ctx.control.check()  # the server went away because this worker is stopping too
-        raise RuntimeError(f"the engine at {engine.base_url} failed during synthesis: {exc!r}; "
-                           "the job can be resubmitted") from exc
+    resumed = f", {len(kept)} answered by an earlier attempt" if kept else ""
+    ctx.control.event(f"synthesis: {len(items)} prompts through {engine.base_url}{resumed}",
+                      {"stage": "synthesis", "total": len(items), "kept": len(kept)})
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    with answers_path.open("a", encoding="utf-8") as out:
+        def keep(i: int, answers: Answers) -> None:
+            out.write(json.dumps({"i": i, "key": prompt_key(items[i]), **answers.__dict__}) + "\n")
+            out.flush()
+
+        try:
+            answers = asyncio.run(synthesise(engine, items, synthesis, progress, kept=kept,
+                                             on_answers=keep))
+        except (httpx.TransportError, EngineError) as exc:
+            ctx.control.check()  # the server went away because this worker is stopping too
+            if isinstance(exc, EngineError) and not exc.retryable:
+                raise RuntimeError(f"the engine at {engine.base_url} refused a synthesis "
+                                   f"request: {exc}") from exc
+            answered = len(kept_answers(answers_path, items))
+            raise Transient(f"the engine at {engine.base_url} failed during synthesis after "
+                            f"{engine.retries} retries ({exc!r}); {answered} of {len(items)} "
+                            "prompts answered and kept, the job resumes from there") from exc
     distilled = build_pairs(items, answers)
     seconds = time.monotonic() - started
     ctx.control.event(f"synthesis: {distilled.stats['pairs']} pairs in {seconds:.0f} s",

@@ -1,0 +1,153 @@
+"""Synthesis survives a flaky engine: retries, answers kept per prompt, and a resumed attempt
+asks only what is missing. A real HTTP server in a thread plays the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+
+from contracts.specs import parse_spec
+from trainers.distill import (
+    Answers,
+    EngineClient,
+    EngineError,
+    PromptItem,
+    Synthesis,
+    synthesise,
+)
+from trainers.loop import Transient
+from trainers.recipes import align
+
+
+class Engine:
+    """Answers chat completions; a request about a prompt in ``down`` gets 503."""
+
+    def __init__(self) -> None:
+        self.down: set[str] = set()
+        self.asked: list[str] = []
+        engine = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                engine.asked.append(prompt)
+                status = 503 if prompt in engine.down else 200
+                payload = {"choices": [{"message": {"content": f"answer to {prompt}"}}]}
+                data = json.dumps(payload if status == 200 else {"error": "busy"}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    e = Engine()
+    thread = threading.Thread(target=e.server.serve_forever, daemon=True)
+    thread.start()
+    yield e
+    e.server.shutdown()
+    e.server.server_close()
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+class Control:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def check(self) -> None:
+        pass
+
+    def event(self, message: str, data: dict[str, Any] | None = None) -> None:
+        self.events.append(message)
+
+
+def run_distil(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+               n: int = 6) -> tuple[dict[str, Any], Control]:
+    spec = parse_spec({"method": "align", "dataset": "d", "preset": "harmless",
+                       "engine": {"base_url": engine.url, "model": "m"},
+                       "synthesis": {"concurrency": 3}})
+    # No waiting between retries in a test; everything else is the product's client.
+    monkeypatch.setattr(align, "engine_client",
+                        lambda s: EngineClient(engine.url, "m", retries=2, backoff_s=0.0))
+    control = Control()
+    ctx = SimpleNamespace(control=control, work_dir=tmp_path / "work")
+    records = [{"messages": user(f"p{i}"), "kind": "benign" if i % 2 else "harmful"}
+               for i in range(n)]
+    return align.distil(ctx, spec, records), control  # type: ignore[arg-type]
+
+
+def test_a_busy_engine_is_asked_again(engine: Engine) -> None:
+    client = EngineClient(engine.url, "m", retries=2, backoff_s=0.0)
+    engine.down.add("p")
+
+    async def ask() -> str:
+        async with httpx.AsyncClient() as http:
+            return await client.chat(http, user("p"), max_tokens=4, temperature=0.0, seed=0)
+
+    with pytest.raises(EngineError, match="503") as info:
+        asyncio.run(ask())
+    assert info.value.retryable and engine.asked == ["p"] * 3
+
+
+def test_engine_down_gives_the_job_back_and_the_next_attempt_asks_only_the_rest(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.down.add("p4")
+    with pytest.raises(Transient, match="5 of 6 prompts answered and kept"):
+        run_distil(engine, tmp_path, monkeypatch)
+    kept = (tmp_path / "work" / align.ANSWERS_FILE).read_text().splitlines()
+    assert sorted(json.loads(line)["i"] for line in kept) == [0, 1, 2, 3, 5]
+
+    engine.down.clear()
+    engine.asked.clear()
+    data, control = run_distil(engine, tmp_path, monkeypatch)
+    assert sorted(engine.asked) == ["p4", "p4", "p4"]  # plain, aligned, told to decline
+    assert len(data["answers"]) == 6
+    assert data["answers"][4] == Answers("answer to p4", "answer to p4", "answer to p4").__dict__
+    assert any("5 answered by an earlier attempt" in e for e in control.events)
+
+
+def test_kept_answers_skip_half_written_lines_and_other_prompts(tmp_path: Path) -> None:
+    items = [PromptItem(user("a"), "benign"), PromptItem(user("b"), "harmful")]
+    path = tmp_path / "answers.jsonl"
+    good = {"i": 0, "key": align.prompt_key(items[0]), "plain": "x", "aligned": "y",
+            "declined": "z"}
+    other = {**good, "i": 1}  # the key of prompt 0: the prompts changed, ask again
+    path.write_text(json.dumps(good) + "\n" + json.dumps(other) + "\n" + '{"i": 1, "ke')
+    assert align.kept_answers(path, items) == {0: Answers("x", "y", "z")}
+
+
+def test_a_refused_request_is_not_repeated() -> None:
+    calls: list[str] = []
+
+    def unauthorized(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(401, json={"error": {"message": "bad key"}})
+
+    with pytest.raises(EngineError, match="401") as info:
+        asyncio.run(synthesise(EngineClient("http://e", "m", backoff_s=0.0),
+                               [PromptItem(user("p"), "benign")],
+                               Synthesis({"preset": "harmless"}, concurrency=1),
+                               transport=httpx.MockTransport(unauthorized)))
+    assert not info.value.retryable and len(calls) == 3  # plain, aligned, decline: once each
