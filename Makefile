@@ -33,7 +33,8 @@ test: venv
 	# Chromium for the console's browser test (Debian package; Playwright drives it, never
 	# downloads a browser). ALIGNSERVE_SKIP_CHROMIUM=1 skips both.
 	bash scripts/chromium.sh install
-	$(PY) -m pytest -q
+	# --durations: the slowest tests, so what CI time goes to stays visible.
+	$(PY) -m pytest -q --durations=25
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not real"
