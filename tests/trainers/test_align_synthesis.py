@@ -151,3 +151,24 @@ def test_a_refused_request_is_not_repeated() -> None:
                                Synthesis({"preset": "harmless"}, concurrency=1),
                                transport=httpx.MockTransport(unauthorized)))
     assert not info.value.retryable and len(calls) == 3  # plain, aligned, decline: once each
+
+
+def test_a_worker_gives_a_transient_failure_back_until_its_attempts_run_out(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contracts.store import SqliteJobStore
+    from trainers import worker as worker_module
+
+    def engine_down(*args: Any) -> str:
+        raise Transient("the engine failed during synthesis; 5 of 6 prompts kept")
+
+    monkeypatch.setattr(worker_module, "run_job", engine_down)
+    store = SqliteJobStore.at_home(home)
+    job_id = store.create_job("align", {"method": "align"}, total_steps=10).id
+    worker = worker_module.Worker(store, worker_module.WorkerConfig(home, max_attempts=2))
+    worker.run_forever(max_jobs=1)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "queued" and job.attempts == 1
+    worker.run_forever(max_jobs=1)
+    job = store.get_job(job_id)
+    assert job is not None and job.status == "failed" and "after 2 attempts" in (job.error or "")
