@@ -141,7 +141,7 @@ class EngineError(RuntimeError):
 class EngineClient:
     """The serving engine through its OpenAI API (our ``alignment`` extension for z_p).
 
-    A request that times out, cannot connect or gets a busy answer (429, 5xx gateway / 503) is
+    A request that times out, cannot connect or gets a busy answer (429, 502, 503, 504) is
     sent again ``retries`` times, waiting 1, 2, 4 ... s; any other error status raises at once.
     """
 

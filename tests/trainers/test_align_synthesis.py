@@ -119,9 +119,14 @@ def test_engine_down_gives_the_job_back_and_the_next_attempt_asks_only_the_rest(
     kept = (tmp_path / "work" / align.ANSWERS_FILE).read_text().splitlines()
     assert sorted(json.loads(line)["i"] for line in kept) == [0, 1, 2, 3, 5]
 
+    answers_file = tmp_path / "work" / align.ANSWERS_FILE
+    with answers_file.open("a") as f:
+        f.write('{"i": 4, "key": "')  # the worker was killed mid-write
     engine.down.clear()
     engine.asked.clear()
     data, control = run_distil(engine, tmp_path, monkeypatch)
+    assert len(align.kept_answers(answers_file, [PromptItem(user(f"p{i}"), "benign")
+                                                 for i in range(6)])) == 6
     assert sorted(engine.asked) == ["p4", "p4", "p4"]  # plain, aligned, told to decline
     assert len(data["answers"]) == 6
     assert data["answers"][4] == Answers("answer to p4", "answer to p4", "answer to p4").__dict__

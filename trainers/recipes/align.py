@@ -112,6 +112,8 @@ def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, An
                       {"stage": "synthesis", "total": len(items), "kept": len(kept)})
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     with answers_path.open("a", encoding="utf-8") as out:
+        if out.tell() and not answers_path.read_bytes().endswith(b"\n"):
+            out.write("\n")  # after a half-written line, start a fresh one
         def keep(i: int, answers: Answers) -> None:
             out.write(json.dumps({"i": i, "key": prompt_key(items[i]), **answers.__dict__}) + "\n")
             out.flush()
