@@ -146,12 +146,17 @@ class Admin:
         if r.status_code not in (200, 201):
             raise RuntimeError(f"deploy refused: {r.status_code} {r.text}")
 
-    def wait_live(self, name: str, timeout_s: float = 600) -> None:
+    def wait_live(self, name: str, timeout_s: float = 600, job_id: str | None = None) -> None:
+        """Until ``name`` serves; with ``job_id``, a deploy the server refused ends the wait."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             names = [m["id"] for m in self.http.get("/v1/models").json()["data"]]
             if name in names:
                 return
+            for e in self.events(job_id) if job_id else []:
+                data = e.get("data") or {}
+                if data.get("deployment") == name and data.get("status") == "failed":
+                    raise RuntimeError(f"{name} was not deployed: {data.get('reason')}")
             time.sleep(2)
         raise TimeoutError(f"{name} never went live")
 
@@ -261,6 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = {"ALIGNSERVE_HOME": str(home), "ALIGNSERVE_API_KEYS": USER,
            "ALIGNSERVE_ADMIN_KEYS": ADMIN, "ALIGNSERVE_ENGINE_KEY": USER,
            "ALIGNSERVE_WORKERS": "1", "ALIGNSERVE_KV_CACHE_GIB": "3",
+           "ALIGNSERVE_MAX_LORA_RANK": "32",  # the `dpo r32` variant's adapter must fit
            "ALIGNSERVE_STORE_URL": f"sqlite:///{home / 'jobs.db'}"}
     server = ServerProcess("align", [sys.executable, "-m", "server.cli", "serve", "--port",
                                      "{port}"], env=env)
@@ -303,7 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 dataset = sets["pairs-half" if overrides.get("fraction") else form]
                 t0 = time.monotonic()
                 vjob = admin.wait(admin.submit(variant_spec(name, dataset, args, overrides)))
-                admin.wait_live(slug(name))
+                admin.wait_live(slug(name), job_id=str(vjob["id"]))
                 result.setdefault("variants", {})[name] = {
                     "job": vjob["id"], "seconds": time.monotonic() - t0,
                     "summary": vjob.get("summary")}

@@ -84,6 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
         served_name=resolved.served_name,
         fine_tuning_scope=Scope[settings.fine_tuning_scope.upper()],
         engine_url=settings.engine_url or settings.own_url,
+        max_lora_rank=settings.max_lora_rank if settings.enable_lora else None,
     )
     _share_engine_key(settings)
     pool = WorkerPool(settings.workers, settings.home, str(resolved.path))

@@ -25,6 +25,7 @@ from contracts.datasets import (
 from contracts.specs import (
     AfDSpec,
     AlignSpec,
+    AnySpec,
     EngineSpec,
     LDAlignSpec,
     RDPOSpec,
@@ -103,6 +104,8 @@ class TrainingService:
     # Where align jobs' workers reach this server's OpenAI API (ALIGNSERVE_ENGINE_URL, else the
     # server's own bind address).
     engine_url: str | None = None
+    # The engine's LoRA slot size (ALIGNSERVE_MAX_LORA_RANK); None: adapters are not served.
+    max_lora_rank: int | None = None
 
     # -- datasets -----------------------------------------------------------------------------
     def upload(self, data: bytes, fmt: str | None, filename: str | None) -> DatasetRecord:
@@ -191,6 +194,7 @@ class TrainingService:
             raise InvalidRequestError(
                 f"method {spec.method} needs a dataset in format {allowed}; "
                 f"{spec.dataset} is {dataset.format}", param="dataset", code="wrong_format")
+        self._check_deployable(spec)
         if spec.model is None:
             if self.base_model is None:
                 raise InvalidRequestError("no base model is served; give 'model'", param="model")
@@ -206,6 +210,19 @@ class TrainingService:
                                     job_id=job_id)
         logger.info("job %s queued: %s on %s", job.id, spec.method, spec.dataset)
         return job
+
+    def _check_deployable(self, spec: AnySpec) -> None:
+        """A LoRA job that goes live as an adapter must fit the engine's LoRA slots. Refuse it
+        now rather than after training, when the deploy would be refused for the same reason."""
+        deploy = spec.deploy
+        if deploy is None or self.max_lora_rank is None or spec.finetuning != "lora":
+            return
+        if (deploy.mode or "adapter") == "adapter" and spec.lora.r > self.max_lora_rank:
+            raise InvalidRequestError(
+                f"lora.r {spec.lora.r} exceeds the serving engine's max_lora_rank "
+                f"{self.max_lora_rank}, so the adapter could not go live; lower lora.r, deploy "
+                f"with mode 'full', or serve with ALIGNSERVE_MAX_LORA_RANK={spec.lora.r}",
+                param="lora.r", code="invalid_job")
 
     def _fill_engine(self, spec: AlignSpec) -> None:
         """An ``align`` job generates through this server's engine unless it names another."""

@@ -163,3 +163,22 @@ def test_end_to_end_job_through_the_api(
     assert Path(checkpoints[0]["path"], "adapter_config.json").is_file()
     metrics = client.get(f"/admin/v1/jobs/{job['id']}/metrics").json()["data"]
     assert [m["step"] for m in metrics] == [1, 2]
+
+
+def test_an_adapter_too_large_for_the_engine_is_refused_before_training(
+    client: TestClient, service: TrainingService
+) -> None:
+    service.max_lora_rank = 16
+    ds = _upload(client, jsonl(pairs(4)))
+    job = {"method": "dpo", "dataset": ds["id"], "lora": {"r": 32, "alpha": 64},
+           "deploy": {"name": "big"}}
+    r = client.post("/admin/v1/jobs", json=job)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "lora.r" and "max_lora_rank 16" in error["message"]
+    assert "ALIGNSERVE_MAX_LORA_RANK=32" in error["message"]
+    assert client.get("/admin/v1/jobs").json()["data"] == []
+    # Not deployed, or deployed as merged full weights: nothing to fit into an adapter slot.
+    for deploy in (None, {"name": "big", "mode": "full"}):
+        r = client.post("/admin/v1/jobs", json={**job, "deploy": deploy})
+        assert r.status_code == 200, r.text
