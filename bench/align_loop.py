@@ -363,7 +363,8 @@ def main() -> int:
     p.add_argument("--home", required=True)
     p.add_argument("--output", default=str(REPO_ROOT / "bench" / "results" / "align"))
     p.add_argument("--prompts", type=int, default=200)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=120,
+                   help="Training steps of the loop and of every variant (the product's default).")
     p.add_argument("--synth-tokens", type=int, default=96, help="Answer length in synthesis.")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
