@@ -1,13 +1,12 @@
 """Synthesis survives a flaky engine: retries, answers kept per prompt, and a resumed attempt
-asks only what is missing. A real HTTP server in a thread plays the engine."""
+asks only what is missing. A real HTTP server in a thread plays the engine
+(``tests.trainers.chat_server``)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from contracts.specs import parse_spec
+from tests.trainers.chat_server import ChatServer
 from trainers.distill import (
     Answers,
     EngineClient,
@@ -28,43 +28,26 @@ from trainers.loop import Transient
 from trainers.recipes import align
 
 
-class Engine:
-    """Answers chat completions; a request about a prompt in ``down`` gets 503."""
+class Engine(ChatServer):
+    """Answers ``answer to <prompt>``; a request about a prompt in ``down`` gets 503."""
 
     def __init__(self) -> None:
         self.down: set[str] = set()
-        self.asked: list[str] = []
-        engine = self
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
-                engine.asked.append(prompt)
-                status = 503 if prompt in engine.down else 200
-                payload = {"choices": [{"message": {"content": f"answer to {prompt}"}}]}
-                data = json.dumps(payload if status == 200 else {"error": "busy"}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+    def answer(self, body: dict[str, Any]) -> tuple[int, str]:
+        prompt = body["messages"][-1]["content"]
+        return (503, "busy") if prompt in self.down else (200, f"answer to {prompt}")
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+    @property
+    def asked(self) -> list[str]:
+        return [r["messages"][-1]["content"] for r in self.requests]
 
 
 @pytest.fixture
 def engine() -> Iterator[Engine]:
-    e = Engine()
-    thread = threading.Thread(target=e.server.serve_forever, daemon=True)
-    thread.start()
-    yield e
-    e.server.shutdown()
-    e.server.server_close()
+    with Engine() as e:
+        yield e
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -123,7 +106,7 @@ def test_engine_down_gives_the_job_back_and_the_next_attempt_asks_only_the_rest(
     with answers_file.open("a") as f:
         f.write('{"i": 4, "key": "')  # the worker was killed mid-write
     engine.down.clear()
-    engine.asked.clear()
+    engine.requests.clear()
     data, control = run_distil(engine, tmp_path, monkeypatch)
     assert len(align.kept_answers(answers_file, [PromptItem(user(f"p{i}"), "benign")
                                                  for i in range(6)])) == 6

@@ -6,9 +6,7 @@ asked (tests/real/test_align_loop.py runs the real engine)."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,44 +15,23 @@ import torch
 
 from contracts.datasets import DatasetError, parse_jsonl
 from contracts.store import Job, SqliteJobStore
+from tests.trainers.chat_server import ChatServer
 from tests.trainers.conftest import demonstrations, pairs, run_job
 
 GEN = {"generation": {"max_new_tokens": 6, "temperature": 0.5, "top_p": 0.9}}
 
 
-class Engine:
+class Engine(ChatServer):
+    """Answers ``engine answer N`` to its N-th request."""
+
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        engine = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                engine.requests.append({"path": self.path, **body})
-                text = f"engine answer {len(engine.requests)}"
-                reply = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                             "content": text}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(lambda body: (200, f"engine answer {len(self.requests)}"))
 
 
 @pytest.fixture
 def engine() -> Iterator[Engine]:
-    e = Engine()
-    thread = threading.Thread(target=e.server.serve_forever, daemon=True)
-    thread.start()
-    yield e
-    e.server.shutdown()
-    e.server.server_close()
+    with Engine() as e:
+        yield e
 
 
 def test_afd_draws_the_initial_samples_through_the_engine(
