@@ -111,12 +111,18 @@ def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, An
     ctx.control.event(f"synthesis: {len(items)} prompts through {engine.base_url}{resumed}",
                       {"stage": "synthesis", "total": len(items), "kept": len(kept)})
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    with answers_path.open("a", encoding="utf-8") as out:
-        if out.tell() and not answers_path.read_bytes().endswith(b"\n"):
-            out.write("\n")  # after a half-written line, start a fresh one
+    answered = [len(kept)]
+    with answers_path.open("a+b") as out:
+        if out.tell():
+            out.seek(-1, 2)
+            if out.read(1) != b"\n":
+                out.write(b"\n")  # after a half-written line, start a fresh one
+
         def keep(i: int, answers: Answers) -> None:
-            out.write(json.dumps({"i": i, "key": prompt_key(items[i]), **answers.__dict__}) + "\n")
+            row = {"i": i, "key": prompt_key(items[i]), **answers.__dict__}
+            out.write((json.dumps(row) + "\n").encode())
             out.flush()
+            answered[0] += 1
 
         try:
             answers = asyncio.run(synthesise(engine, items, synthesis, progress, kept=kept,
@@ -126,9 +132,8 @@ def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, An
             if isinstance(exc, EngineError) and not exc.retryable:
                 raise RuntimeError(f"the engine at {engine.base_url} refused a synthesis "
                                    f"request: {exc}") from exc
-            answered = len(kept_answers(answers_path, items))
             raise Transient(f"the engine at {engine.base_url} failed during synthesis after "
-                            f"{engine.retries} retries ({exc!r}); {answered} of {len(items)} "
+                            f"{engine.retries} retries ({exc!r}); {answered[0]} of {len(items)} "
                             "prompts answered and kept, the job resumes from there") from exc
     distilled = build_pairs(items, answers)
     seconds = time.monotonic() - started
