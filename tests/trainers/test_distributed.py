@@ -60,6 +60,10 @@ def _job(store: SqliteJobStore, job_id: str) -> Job:
     return job
 
 
+def _messages(store: SqliteJobStore, job_id: str) -> list[str]:
+    return [e.message for e in store.events(job_id)]
+
+
 def _ranks(store: SqliteJobStore, job_id: str) -> list[dict[str, Any]]:
     """The ranks of the job's latest run (pids, agent pids, devices), as rank 0 reported."""
     found = [e.data for e in store.events(job_id) if e.message == "ranks started" and e.data]
@@ -149,6 +153,10 @@ def test_fsdp_rank_killed_then_resumed_with_the_same_batches_then_cancelled(
 
     # 2. The next run resumes there; a cancel then stops every rank between two steps.
     second = _in_thread(_worker(store, home, "second"))
+    # The step the first run reached stays on the job until the second run claims it and
+    # goes back to the resume point; wait for that before counting steps again.
+    _wait_for(lambda: f"resuming after step {resume_step}" in _messages(store, job.id), 180,
+              "the second run to resume")
     _wait_for(lambda: _job(store, job.id).step >= resume_step + 5, 180, "training to resume")
     store.request_cancel(job.id)
     second.join(timeout=90)
@@ -156,8 +164,6 @@ def test_fsdp_rank_killed_then_resumed_with_the_same_batches_then_cancelled(
     _none_left(_ranks(store, job.id))
     cancelled = _job(store, job.id)
     assert cancelled.status == "cancelled" and cancelled.attempts == 2
-    messages = [e.message for e in store.events(job.id)]
-    assert f"resuming after step {resume_step}" in messages
     last = cancelled.step
     assert resume_step + 5 <= last < 400
     assert [m["step"] for m in store.metrics(job.id)] == list(range(1, last + 1))
