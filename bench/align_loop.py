@@ -42,6 +42,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.align_eval import USER, Evaluation, helpfulness, table  # noqa: E402
+from bench.align_variants import (  # noqa: E402
+    VARIANTS,
+    derived_datasets,
+    lora,
+    slug,
+    variant_spec,
+)
 from bench.common import (  # noqa: E402
     CpuWindow,
     ServerProcess,
@@ -52,39 +59,6 @@ from bench.common import (  # noqa: E402
 
 logger = logging.getLogger("bench.align_loop")
 ADMIN = "bench-admin"
-ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
-MLP = ["gate_proj", "up_proj", "down_proj"]
-
-# name -> (method, dataset form, spec overrides). The default recipe is the align job itself.
-VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "dpo": ("dpo", "pairs", {}),
-    "dpo+nll0.5": ("dpo", "pairs", {"rpo_alpha": 0.5}),
-    "dpo+nll2": ("dpo", "pairs", {"rpo_alpha": 2.0}),
-    "dpo+nll1 attn-only": ("dpo", "pairs", {
-        "rpo_alpha": 1.0, "lora": {"r": 8, "alpha": 16, "target_modules": ATTENTION}}),
-    "dpo+nll1 lr5e-5": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 5e-5}),
-    "dpo+nll1 half data": ("dpo", "pairs", {"rpo_alpha": 1.0, "fraction": 0.5}),
-    "dpo+nll1 benign x2": ("dpo", "pairs-benign2", {"rpo_alpha": 1.0}),
-    "dpo+nll1 lr2e-4": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 2e-4}),
-    "dpo benign x2": ("dpo", "pairs-benign2", {}),
-    "dpo attn-only": ("dpo", "pairs", {"lora": {"r": 8, "alpha": 16,
-                                                "target_modules": ATTENTION}}),
-    "dpo r32": ("dpo", "pairs", {"lora": {"r": 32, "alpha": 64,
-                                          "target_modules": ATTENTION + MLP}}),
-    "dpo 120 steps": ("dpo", "pairs", {"steps": 120}),
-    "dpo half data": ("dpo", "pairs", {"fraction": 0.5}),
-    "dpo lr1e-3": ("dpo", "pairs", {"lr": 1e-3}),
-    "dpo+nll0.2": ("dpo", "pairs", {"rpo_alpha": 0.2}),
-    "dpo+nll1 lr1e-3": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 1e-3}),
-    "dpo+nll1 lr5e-4 150 steps": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 5e-4, "steps": 150}),
-    "sft": ("sft", "demonstrations", {}),
-    "sft lr1e-3": ("sft", "demonstrations", {"lr": 1e-3}),
-    "ulma": ("ulma", "pointwise", {}),
-    "pointwise_dpo": ("pointwise_dpo", "pointwise", {}),
-    "rdpo": ("rdpo", "pairs-scored", {}),
-    "ld_align": ("ld_align", "demonstrations", {}),
-    "afd": ("afd", "demonstrations", {}),
-}
 
 
 class Admin:
@@ -159,54 +133,6 @@ class Admin:
                     raise RuntimeError(f"{name} was not deployed: {data.get('reason')}")
             time.sleep(2)
         raise TimeoutError(f"{name} never went live")
-
-
-def lora(spec: dict[str, Any]) -> dict[str, Any]:
-    return spec.get("lora") or {"r": 8, "alpha": 16, "target_modules": ATTENTION + MLP}
-
-
-def variant_spec(name: str, dataset: str, args: argparse.Namespace,
-                 overrides: dict[str, Any]) -> dict[str, Any]:
-    method = VARIANTS[name][0]
-    hp = {"max_steps": overrides.get("steps", args.steps), "batch_size": args.batch_size,
-          "learning_rate": overrides.get("lr", args.lr), "max_length": 384,
-          "max_prompt_length": 192, "checkpoint_every": 1000, "seed": args.seed}
-    spec: dict[str, Any] = {"method": method, "dataset": dataset, "lora": lora(overrides),
-                            "hyperparameters": hp, "deploy": {"name": slug(name)}}
-    if "rpo_alpha" in overrides:
-        spec["rpo_alpha"] = overrides["rpo_alpha"]
-    return spec
-
-
-def slug(name: str) -> str:
-    return "ab-" + "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-
-
-def derived_datasets(admin: Admin, pairs: list[dict[str, Any]]) -> dict[str, str]:
-    def jsonl(rows: list[dict[str, Any]]) -> bytes:
-        return "".join(json.dumps(r) + "\n" for r in rows).encode()
-
-    pair_rows = [{"messages": p["messages"], "chosen": p["chosen"], "rejected": p["rejected"]}
-                 for p in pairs]
-    point = [row for p in pairs for row in (
-        {"messages": p["messages"], "completion": p["chosen"], "label": True},
-        {"messages": p["messages"], "completion": p["rejected"], "label": False})]
-    demos = [{"messages": p["messages"], "completion": p["chosen"]} for p in pairs]
-    half = pair_rows[: len(pair_rows) // 2]
-    # Balance: every benign pair twice (harmful : benign 1 : 2 by weight, the same prompts).
-    benign2 = pair_rows + [r for r, p in zip(pair_rows, pairs, strict=True)
-                           if p.get("kind") == "benign"]
-    # rDPO's soft labels: the behaviour the prompt's kind calls for scores 1, the other 0 (the
-    # refusal scorer alone would score a benign prompt's helpful answer 0).
-    scored = [{**r, "chosen_score": 1.0, "rejected_score": 0.0} for r in pair_rows]
-    return {
-        "pairs-scored": admin.upload("pairs-scored.jsonl", jsonl(scored), "pairs"),
-        "pairs": admin.upload("pairs.jsonl", jsonl(pair_rows), "pairs"),
-        "pairs-half": admin.upload("pairs-half.jsonl", jsonl(half), "pairs"),
-        "pairs-benign2": admin.upload("pairs-benign2.jsonl", jsonl(benign2), "pairs"),
-        "pointwise": admin.upload("pointwise.jsonl", jsonl(point), "pointwise"),
-        "demonstrations": admin.upload("demos.jsonl", jsonl(demos), "demonstrations"),
-    }
 
 
 def align_once(admin: Admin, server: ServerProcess, args: argparse.Namespace,
@@ -303,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             score_helpfulness(server.base_url, home, args, result)
             save(args, result)
         if args.variants:
-            sets = derived_datasets(admin, data["pairs"])
+            sets = derived_datasets(admin.upload, data["pairs"])
             for name in args.variants:
                 _, form, overrides = VARIANTS[name]
                 dataset = sets["pairs-half" if overrides.get("fraction") else form]

@@ -1,0 +1,67 @@
+"""The ablation's dataset forms (bench/align_variants.py) take exactly the pairs they claim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.align_variants import VARIANTS, dataset_forms, derived_datasets
+from trainers.distill import FALLBACK_REFUSALS
+
+OWN_REFUSAL = "I'm sorry, but as a chatbot designed to assist with cooking, I'm not equipped to."
+
+
+def pair(kind: str, chosen: str, rejected: str, n: int) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": f"prompt {n}"}], "chosen": chosen,
+            "rejected": rejected, "kind": kind}
+
+
+PAIRS = [
+    pair("harmful", OWN_REFUSAL, "Here is how.", 0),            # linear alignment's refusal
+    pair("harmful", FALLBACK_REFUSALS[1], "Sure: step one.", 1),  # a fallback refusal
+    pair("benign", "A recipe: flour, water.", OWN_REFUSAL, 2),     # the model's over-refusal
+    pair("benign", "Paris.", FALLBACK_REFUSALS[0], 3),             # a fallback refusal
+]
+
+
+def prompts(rows: list[dict[str, Any]]) -> list[str]:
+    return [r["messages"][0]["content"] for r in rows]
+
+
+def test_each_form_keeps_the_pairs_it_names() -> None:
+    forms = dataset_forms(PAIRS)
+    assert prompts(forms["pairs"][1]) == ["prompt 0", "prompt 1", "prompt 2", "prompt 3"]
+    assert all(set(r) == {"messages", "chosen", "rejected"} for r in forms["pairs"][1])
+    assert prompts(forms["pairs-no-canned"][1]) == ["prompt 0", "prompt 1", "prompt 2"]
+    assert prompts(forms["pairs-own-chosen"][1]) == ["prompt 0", "prompt 2", "prompt 3"]
+    assert prompts(forms["pairs-benign2"][1])[4:] == ["prompt 2", "prompt 3"]
+    assert prompts(forms["pairs-half"][1]) == ["prompt 0", "prompt 1"]
+
+
+def test_canned_chosen_replaces_only_the_harmful_chosen() -> None:
+    rows = dataset_forms(PAIRS)["pairs-canned-chosen"][1]
+    assert [r["chosen"] for r in rows] == [FALLBACK_REFUSALS[0], FALLBACK_REFUSALS[1],
+                                           "A recipe: flour, water.", "Paris."]
+    assert [r["rejected"] for r in rows] == [p["rejected"] for p in PAIRS]
+
+
+def test_derived_forms_and_labels() -> None:
+    forms = dataset_forms(PAIRS)
+    assert forms["pointwise"][0] == "pointwise"
+    assert [r["label"] for r in forms["pointwise"][1]] == [True, False] * 4
+    assert [r["completion"] for r in forms["demonstrations"][1]] == [p["chosen"] for p in PAIRS]
+    scored = forms["pairs-scored"][1]
+    assert {(r["chosen_score"], r["rejected_score"]) for r in scored} == {(1.0, 0.0)}
+
+
+def test_every_variant_trains_on_an_uploaded_form() -> None:
+    uploaded: list[tuple[str, str]] = []
+
+    def upload(name: str, data: bytes, fmt: str) -> str:
+        assert data.endswith(b"\n")
+        uploaded.append((name, fmt))
+        return f"ds-{len(uploaded)}"
+
+    ids = derived_datasets(upload, PAIRS)
+    assert len(set(ids.values())) == len(ids) == len(uploaded)
+    for name, (_, form, _) in VARIANTS.items():
+        assert form in ids, name
