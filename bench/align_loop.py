@@ -229,7 +229,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             score_helpfulness(server.base_url, home, args, result)
             save(args, result)
         if args.variants:
-            sets = derived_datasets(admin.upload, data["pairs"])
+            prefilled = ({int(i): str(t) for i, t in json.loads(Path(args.prefilled).read_text())}
+                         if args.prefilled else None)
+            sets = derived_datasets(admin.upload, data["pairs"], prefilled)
             for name in args.variants:
                 _, form, overrides = VARIANTS[name]
                 dataset = sets["pairs-half" if overrides.get("fraction") else form]
@@ -322,6 +324,9 @@ def main() -> int:
     p.add_argument("--pairs-from", default=None, metavar="JOB_ID",
                    help="Skip the loop: the variants train on this align job's pairs (same "
                         "--home; its 'aligned' deployment is restored from there).")
+    p.add_argument("--prefilled", default=None, metavar="JSON",
+                   help="[[pair index, text], ...]: the model's own refusals, elicited by "
+                        "prefilling its answer, for the 'dpo prefilled refusals' variant.")
     args = p.parse_args()
     os.makedirs(args.output, exist_ok=True)
     result = run(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from trainers.distill import FALLBACK_REFUSALS
@@ -36,6 +36,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dpo canned chosen": ("dpo", "pairs-canned-chosen", {}),
     "dpo 240 steps": ("dpo", "pairs", {"steps": 240}),
     "dpo own refusals chosen": ("dpo", "pairs-own-chosen", {}),
+    "dpo prefilled refusals": ("dpo", "pairs-prefilled", {}),
     "dpo half data": ("dpo", "pairs", {"fraction": 0.5}),
     "dpo lr1e-3": ("dpo", "pairs", {"lr": 1e-3}),
     "dpo+nll0.2": ("dpo", "pairs", {"rpo_alpha": 0.2}),
@@ -76,8 +77,13 @@ def _pair(p: dict[str, Any], chosen: str | None = None) -> dict[str, Any]:
     return {"messages": p["messages"], "chosen": chosen or p["chosen"], "rejected": p["rejected"]}
 
 
-def dataset_forms(pairs: list[dict[str, Any]]) -> dict[str, tuple[str, list[dict[str, Any]]]]:
-    """Every form the variants train on, from one align job's pairs: form -> (format, rows)."""
+def dataset_forms(
+    pairs: list[dict[str, Any]], prefilled: Mapping[int, str] | None = None,
+) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """Every form the variants train on, from one align job's pairs: form -> (format, rows).
+    ``prefilled``: pair index -> the model's own refusal of that prompt, elicited by starting
+    its answer with an apology (``--prefilled``; the caller keeps only continuations that
+    refuse: the apology alone already satisfies the refusal rules)."""
     def harmful(p: dict[str, Any]) -> bool:
         return p.get("kind") == "harmful"
 
@@ -85,6 +91,7 @@ def dataset_forms(pairs: list[dict[str, Any]]) -> dict[str, tuple[str, list[dict
         return p.get("kind") == "benign"
 
     rows = [_pair(p) for p in pairs]
+    own = prefilled or {}
     return {
         "pairs": ("pairs", rows),
         "pairs-half": ("pairs", rows[: len(rows) // 2]),
@@ -106,6 +113,10 @@ def dataset_forms(pairs: list[dict[str, Any]]) -> dict[str, tuple[str, list[dict
         "pairs-canned-chosen": ("pairs", [
             _pair(p, FALLBACK_REFUSALS[i % len(FALLBACK_REFUSALS)] if harmful(p) else None)
             for i, p in enumerate(pairs)]),
+        # The model's own refusal in place of a fallback one, where prefilling elicited one.
+        "pairs-prefilled": ("pairs", [
+            _pair(p, own[i] if p["chosen"] in FALLBACK_REFUSALS and i in own else None)
+            for i, p in enumerate(pairs)]),
         "pointwise": ("pointwise", [row for p in pairs for row in (
             {"messages": p["messages"], "completion": p["chosen"], "label": True},
             {"messages": p["messages"], "completion": p["rejected"], "label": False})]),
@@ -114,10 +125,11 @@ def dataset_forms(pairs: list[dict[str, Any]]) -> dict[str, tuple[str, list[dict
     }
 
 
-def derived_datasets(upload: Upload, pairs: list[dict[str, Any]]) -> dict[str, str]:
+def derived_datasets(upload: Upload, pairs: list[dict[str, Any]],
+                     prefilled: Mapping[int, str] | None = None) -> dict[str, str]:
     """Every form uploaded as a dataset: form -> dataset id."""
     def jsonl(rows: list[dict[str, Any]]) -> bytes:
         return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
     return {form: upload(f"{form}.jsonl", jsonl(rows), fmt)
-            for form, (fmt, rows) in dataset_forms(pairs).items()}
+            for form, (fmt, rows) in dataset_forms(pairs, prefilled).items()}

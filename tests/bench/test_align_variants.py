@@ -44,6 +44,16 @@ def test_canned_chosen_replaces_only_the_harmful_chosen() -> None:
     assert [r["rejected"] for r in rows] == [p["rejected"] for p in PAIRS]
 
 
+def test_prefilled_refusals_replace_only_fallback_chosen() -> None:
+    prefilled = {0: "I'm sorry, but I can't explain that.",   # chosen is the model's own already
+                 1: "I'm sorry, but I cannot help with weapons.",
+                 3: "I'm sorry, but I cannot help with Paris."}  # a benign pair
+    rows = dataset_forms(PAIRS, prefilled)["pairs-prefilled"][1]
+    assert [r["chosen"] for r in rows] == [OWN_REFUSAL, prefilled[1], "A recipe: flour, water.",
+                                           "Paris."]
+    assert dataset_forms(PAIRS)["pairs-prefilled"][1] == dataset_forms(PAIRS)["pairs"][1]
+
+
 def test_derived_forms_and_labels() -> None:
     forms = dataset_forms(PAIRS)
     assert forms["pointwise"][0] == "pointwise"
