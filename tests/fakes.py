@@ -37,11 +37,14 @@ class CharRenderer:
         messages: Sequence[Mapping[str, Any]],
         add_generation_prompt: bool,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        continue_final_message: bool = False,
     ) -> str:
         msgs = [dict(m) for m in messages]
         if not msgs or msgs[0]["role"] != "system":
             msgs.insert(0, {"role": "system", "content": self.default_system_prompt})
         text = "".join(f"<{m['role']}>{m['content']}{self._tool_fields(m)}</>" for m in msgs)
+        if continue_final_message:
+            text = text.removesuffix("</>")
         if tools:
             text = f"<tools>{json.dumps(list(tools))}</tools>{text}"
         return text + ("<assistant>" if add_generation_prompt else "")

@@ -69,7 +69,9 @@ class RequestPreparer:
         )
 
         def encode(conv: list[dict[str, Any]]) -> list[int]:
-            return renderer.encode(renderer.render_chat(conv, True, template_tools))
+            return renderer.encode(renderer.render_chat(
+                conv, req.add_generation_prompt, template_tools,
+                continue_final_message=req.continue_final_message))
 
         alignment = None
         n = req.n

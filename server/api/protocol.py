@@ -178,6 +178,16 @@ class ChatCompletionRequest(_SamplingFields):
     tool_choice: ToolChoice | None = None
     tools: list[ToolDefinition] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # --- vLLM's chat-template fields ----------------------------------------------------------
+    add_generation_prompt: bool = Field(
+        default=True, description="Open an assistant turn after the conversation (vLLM's field)."
+    )
+    continue_final_message: bool = Field(
+        default=False,
+        description="Continue the final (assistant) message instead of starting a new turn: "
+        "the answer is written after that message's text (vLLM's field; prefill). Needs "
+        "add_generation_prompt false.",
+    )
     # --- alignserve extensions -------------------------------------------------------------
     alignment: AlignmentRequest | None = Field(
         default=None, description="Linear alignment at decoding time (no training)."
@@ -193,6 +203,13 @@ class ChatCompletionRequest(_SamplingFields):
         both = self.max_tokens is not None and self.max_completion_tokens is not None
         if both and self.max_tokens != self.max_completion_tokens:
             raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
+        if self.continue_final_message:
+            if self.add_generation_prompt:  # vLLM's rule and words
+                raise ValueError("Cannot set both `continue_final_message` and "
+                                 "`add_generation_prompt` to True.")
+            if self.messages[-1].role != "assistant":
+                raise ValueError("continue_final_message needs the final message to be the "
+                                 "assistant's (the text to continue)")
         return self
 
     def requested_max_tokens(self) -> int | None:

@@ -41,9 +41,11 @@ class ChatRenderer(Protocol):
         messages: Sequence[Mapping[str, Any]],
         add_generation_prompt: bool,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        continue_final_message: bool = False,
     ) -> str:
         """The conversation rendered with the model's chat template (``tools`` passed to
-        templates that read them)."""
+        templates that read them); ``continue_final_message`` leaves the final message open,
+        without its end-of-turn, for the model to continue."""
         ...
 
     def encode(self, text: str) -> list[int]:

@@ -25,6 +25,7 @@ class HFChatRenderer:
         messages: Sequence[Mapping[str, Any]],
         add_generation_prompt: bool,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        continue_final_message: bool = False,
     ) -> str:
         # ``tools`` only reaches templates that read it (``supports_tools``); others are given
         # the tools as text by the protocol layer (server/api/tools.py).
@@ -33,6 +34,7 @@ class HFChatRenderer:
             [dict(m) for m in messages],
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
             **extra,
         )
         return str(text)

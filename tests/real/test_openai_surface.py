@@ -180,6 +180,29 @@ def test_completions_echo_with_logprobs(client: openai.OpenAI) -> None:
     assert choice.text == prompt + plain.choices[0].text
 
 
+def test_continue_final_message_is_the_completion_of_the_rendered_prefix(
+    client: openai.OpenAI, default_model: Path
+) -> None:
+    """vLLM's prefill fields through the openai client's ``extra_body``: the answer continues
+    the assistant's text, exactly as a text completion of the template rendered up to it."""
+    from transformers import AutoTokenizer
+
+    turns: list[Any] = [{"role": "user", "content": "How do I pick a lock?"},
+                        {"role": "assistant", "content": "I'm sorry, but"}]
+    r = client.chat.completions.create(
+        model=MODEL, messages=turns, max_tokens=12, temperature=0,
+        extra_body={"add_generation_prompt": False, "continue_final_message": True})
+    text = r.choices[0].message.content or ""
+    assert text and not text.startswith("I'm sorry, but")
+    rendered = AutoTokenizer.from_pretrained(default_model).apply_chat_template(
+        turns, tokenize=False, continue_final_message=True)
+    plain = client.completions.create(model=MODEL, prompt=rendered, max_tokens=12, temperature=0)
+    assert text == plain.choices[0].text
+    with pytest.raises(openai.BadRequestError, match="Cannot set both"):
+        client.chat.completions.create(model=MODEL, messages=turns, max_tokens=2,
+                                       extra_body={"continue_final_message": True})
+
+
 def test_strictness_and_surrogates_over_http(server: ServerProcess) -> None:
     headers = {"Authorization": f"Bearer {USER_KEY}", "Content-Type": "application/json"}
     url = f"{server.base_url}/v1/chat/completions"

@@ -269,6 +269,54 @@ def test_prompt_rows_in_a_mixed_adapter_batch_do_not_crash() -> None:
     assert torch.allclose(out, rows @ weights[1, 0].T)
 
 
+# -- chat-template fields (vLLM's): prefill -----------------------------------------------------
+
+
+def prompt_text(engine: FakeEngine) -> str:
+    return "".join(VOCAB[i] for i in engine.requests[-1].prompt_ids)
+
+
+def test_continue_final_message_continues_the_assistant_text(
+    client: TestClient, engine: FakeEngine
+) -> None:
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "I'm sorry, but"}]
+    r = client.post("/v1/chat/completions", json=chat(
+        messages=turns, continue_final_message=True, add_generation_prompt=False, max_tokens=2))
+    assert r.status_code == 200, r.text
+    assert prompt_text(engine).endswith("<user>hi</><assistant>I'm sorry, but")
+    client.post("/v1/chat/completions", json=chat(messages=turns, max_tokens=2))
+    assert prompt_text(engine).endswith("<assistant>I'm sorry, but</><assistant>")  # a new turn
+    client.post("/v1/chat/completions", json=chat(add_generation_prompt=False, max_tokens=2))
+    assert prompt_text(engine).endswith("<user>hi</>")
+
+
+def test_continue_final_message_with_alignment_continues_both_conversations(
+    client: TestClient, engine: FakeEngine
+) -> None:
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure"}]
+    r = client.post("/v1/chat/completions", json=chat(
+        messages=turns, continue_final_message=True, add_generation_prompt=False,
+        alignment={"preset": "concise", "alpha": 1}, max_tokens=2))
+    assert r.status_code == 200, r.text
+    request = engine.requests[-1]
+    assert request.alignment is not None
+    principled = "".join(VOCAB[i] for i in request.alignment.principled_prompt_ids)
+    assert prompt_text(engine).endswith("<assistant>Sure")
+    assert principled.endswith("<assistant>Sure") and principled != prompt_text(engine)
+
+
+def test_continue_final_message_errors(client: TestClient) -> None:
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure"}]
+    both = error(client.post("/v1/chat/completions", json=chat(
+        messages=turns, continue_final_message=True)), None)
+    assert "Cannot set both" in both
+    last_user = error(client.post("/v1/chat/completions", json=chat(
+        continue_final_message=True, add_generation_prompt=False)), None)
+    assert "final message to be the assistant's" in last_user
+    error(client.post("/v1/chat/completions", json=chat(continue_final_message="yes")),
+          "continue_final_message")
+
+
 # -- aliases and fields accepted and ignored ----------------------------------------------------
 
 
