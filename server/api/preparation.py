@@ -69,9 +69,16 @@ class RequestPreparer:
         )
 
         def encode(conv: list[dict[str, Any]]) -> list[int]:
-            return renderer.encode(renderer.render_chat(
-                conv, req.add_generation_prompt, template_tools,
-                continue_final_message=req.continue_final_message))
+            try:
+                text = renderer.render_chat(conv, req.add_generation_prompt, template_tools,
+                                            continue_final_message=req.continue_final_message)
+            except ValueError as exc:
+                if not req.continue_final_message:
+                    raise
+                # transformers refuses a final message its template does not render verbatim
+                raise InvalidRequestError(f"continue_final_message: {exc}",
+                                          param="messages") from None
+            return renderer.encode(text)
 
         alignment = None
         n = req.n

@@ -207,9 +207,11 @@ class ChatCompletionRequest(_SamplingFields):
             if self.add_generation_prompt:  # vLLM's rule and words
                 raise ValueError("Cannot set both `continue_final_message` and "
                                  "`add_generation_prompt` to True.")
-            if self.messages[-1].role != "assistant":
+            final = self.messages[-1]
+            if final.role != "assistant" or final.content is None or final.tool_calls:
                 raise ValueError("continue_final_message needs the final message to be the "
-                                 "assistant's (the text to continue)")
+                                 "assistant's, with text and no tool_calls (the text to "
+                                 "continue)")
         return self
 
     def requested_max_tokens(self) -> int | None:

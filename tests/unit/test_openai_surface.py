@@ -313,8 +313,26 @@ def test_continue_final_message_errors(client: TestClient) -> None:
     last_user = error(client.post("/v1/chat/completions", json=chat(
         continue_final_message=True, add_generation_prompt=False)), None)
     assert "final message to be the assistant's" in last_user
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    no_text = [{"role": "user", "content": "hi"},
+               {"role": "assistant", "content": None, "tool_calls": [call]}]
+    assert "with text" in error(client.post("/v1/chat/completions", json=chat(
+        messages=no_text, continue_final_message=True, add_generation_prompt=False)), None)
     error(client.post("/v1/chat/completions", json=chat(continue_final_message="yes")),
           "continue_final_message")
+
+
+def test_a_final_message_the_template_cannot_continue_is_a_400(
+    client: TestClient, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, continue_final_message: bool = False, **kw: Any) -> str:
+        raise ValueError("the final message does not appear in the chat")  # as transformers
+
+    monkeypatch.setattr(engine.renderer, "render_chat", refuse)
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure"}]
+    message = error(client.post("/v1/chat/completions", json=chat(
+        messages=turns, continue_final_message=True, add_generation_prompt=False)), "messages")
+    assert message.startswith("continue_final_message: the final message does not appear")
 
 
 # -- aliases and fields accepted and ignored ----------------------------------------------------
