@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from tests.real.conftest import USER_KEY
@@ -33,15 +35,26 @@ def test_refused_requests_are_400_and_the_engine_stays_clean(server: ServerProce
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
 
 
-def test_a_client_that_gives_up_stops_costing(server: ServerProcess) -> None:
+def _end_tokens(model: Path) -> set[int]:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    ends = GenerationConfig.from_pretrained(model).eos_token_id
+    ids = {ends} if isinstance(ends, int) else set(ends or [])
+    return ids | {AutoTokenizer.from_pretrained(model).eos_token_id}
+
+
+def test_a_client_that_gives_up_stops_costing(server: ServerProcess, default_model: Path) -> None:
     """A non-streaming request whose client went away is aborted in the engine."""
     import time
 
     url = server.base_url
+    # The end tokens are banned, so the answers run to max_tokens: a sampled story that ended
+    # within the client's 3 s once made this test fail.
+    never_end = {str(t): -100 for t in _end_tokens(default_model)}
     try:
         httpx.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=3, json={
             "model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}],
-            "max_tokens": 1500, "temperature": 0.8, "n": 2,
+            "max_tokens": 1500, "temperature": 0.8, "n": 2, "logit_bias": never_end,
             "alignment": {"preset": "concise", "alpha": 1}})
         raise AssertionError("the request should have outlived the client's timeout")
     except httpx.TimeoutException:
