@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sets = derived_datasets(admin.upload, data["pairs"], prefilled)
             for name in args.variants:
                 _, form, overrides = VARIANTS[name]
-                dataset = sets["pairs-half" if overrides.get("fraction") else form]
+                dataset = sets[form]
                 t0 = time.monotonic()
                 vjob = admin.wait(admin.submit(variant_spec(name, dataset, args, overrides)))
                 admin.wait_live(slug(name), job_id=str(vjob["id"]))

@@ -23,7 +23,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dpo+nll1 attn-only": ("dpo", "pairs", {
         "rpo_alpha": 1.0, "lora": {"r": 8, "alpha": 16, "target_modules": ATTENTION}}),
     "dpo+nll1 lr5e-5": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 5e-5}),
-    "dpo+nll1 half data": ("dpo", "pairs", {"rpo_alpha": 1.0, "fraction": 0.5}),
+    "dpo+nll1 half data": ("dpo", "pairs-half", {"rpo_alpha": 1.0}),
     "dpo+nll1 benign x2": ("dpo", "pairs-benign2", {"rpo_alpha": 1.0}),
     "dpo+nll1 lr2e-4": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 2e-4}),
     "dpo benign x2": ("dpo", "pairs-benign2", {}),
@@ -37,7 +37,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dpo 240 steps": ("dpo", "pairs", {"steps": 240}),
     "dpo own refusals chosen": ("dpo", "pairs-own-chosen", {}),
     "dpo prefilled refusals": ("dpo", "pairs-prefilled", {}),
-    "dpo half data": ("dpo", "pairs", {"fraction": 0.5}),
+    "dpo half data": ("dpo", "pairs-half", {}),
     "dpo lr1e-3": ("dpo", "pairs", {"lr": 1e-3}),
     "dpo+nll0.2": ("dpo", "pairs", {"rpo_alpha": 0.2}),
     "dpo+nll1 lr1e-3": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 1e-3}),
