@@ -27,6 +27,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dpo+nll1 benign x2": ("dpo", "pairs-benign2", {"rpo_alpha": 1.0}),
     "dpo+nll1 lr2e-4": ("dpo", "pairs", {"rpo_alpha": 1.0, "lr": 2e-4}),
     "dpo benign x2": ("dpo", "pairs-benign2", {}),
+    "dpo harmful x2": ("dpo", "pairs-harmful2", {}),
+    "dpo half canned benign": ("dpo", "pairs-half-canned", {}),
     "dpo attn-only": ("dpo", "pairs", {"lora": {"r": 8, "alpha": 16,
                                                 "target_modules": ATTENTION}}),
     "dpo r32": ("dpo", "pairs", {"lora": {"r": 32, "alpha": 64,
@@ -92,11 +94,14 @@ def dataset_forms(
 
     rows = [_pair(p) for p in pairs]
     own = prefilled or {}
+    canned_benign = [i for i, p in enumerate(pairs)
+                     if benign(p) and p["rejected"] in FALLBACK_REFUSALS]
     return {
         "pairs": ("pairs", rows),
         "pairs-half": ("pairs", rows[: len(rows) // 2]),
         # Balance: every benign pair twice (harmful : benign 1 : 2 by weight, same prompts).
         "pairs-benign2": ("pairs", rows + [_pair(p) for p in pairs if benign(p)]),
+        "pairs-harmful2": ("pairs", rows + [_pair(p) for p in pairs if harmful(p)]),
         # rDPO's soft labels: the behaviour the prompt's kind calls for scores 1, the other 0
         # (the refusal scorer alone would score a benign prompt's helpful answer 0).
         "pairs-scored": ("pairs", [{**r, "chosen_score": 1.0, "rejected_score": 0.0}
@@ -108,6 +113,9 @@ def dataset_forms(
         # equipped" refusals are then only ever rejected).
         "pairs-no-canned": ("pairs", [_pair(p) for p in pairs
                                       if not (benign(p) and p["rejected"] in FALLBACK_REFUSALS)]),
+        # Half way: every other benign pair that rejects a fallback refusal stays.
+        "pairs-half-canned": ("pairs", [_pair(p) for i, p in enumerate(pairs)
+                                        if i not in canned_benign[1::2]]),
         "pairs-own-chosen": ("pairs", [_pair(p) for p in pairs
                                        if not (harmful(p) and p["chosen"] in FALLBACK_REFUSALS)]),
         "pairs-canned-chosen": ("pairs", [

@@ -35,6 +35,13 @@ def test_each_form_keeps_the_pairs_it_names() -> None:
     assert prompts(forms["pairs-own-chosen"][1]) == ["prompt 0", "prompt 2", "prompt 3"]
     assert prompts(forms["pairs-benign2"][1])[4:] == ["prompt 2", "prompt 3"]
     assert prompts(forms["pairs-half"][1]) == ["prompt 0", "prompt 1"]
+    assert prompts(forms["pairs-harmful2"][1])[4:] == ["prompt 0", "prompt 1"]
+
+
+def test_half_canned_keeps_every_other_benign_fallback_rejection() -> None:
+    extra = [pair("benign", f"Answer {n}.", FALLBACK_REFUSALS[n % 4], n) for n in (4, 5, 6)]
+    rows = dataset_forms(PAIRS + extra)["pairs-half-canned"][1]
+    assert prompts(rows) == ["prompt 0", "prompt 1", "prompt 2", "prompt 3", "prompt 5"]
 
 
 def test_canned_chosen_replaces_only_the_harmful_chosen() -> None:
