@@ -17,27 +17,31 @@ logger = logging.getLogger("bench.align_loop")
 USER = "bench-user"
 
 
-def helpfulness(base_url: str, home: Path, output: Path, reward: str,
-                limit: int) -> dict[str, dict[str, float]]:
+def helpfulness(base_url: str, home: Path, output: Path, reward: str, limit: int,
+                keys: dict[str, str]) -> dict[str, dict[str, float]]:
     """Each configuration's ordinary (``helpful``) answers against the base model's on the same
     prompts, by the helpfulness reward model: the mean reward, and the share of prompts where
-    the configuration's answer scores at least the base's (0.5: as helpful as the base)."""
+    the configuration's answer scores at least the base's (0.5: as helpful as the base).
+    ``keys``: configuration name -> the key of its answers in this run. Scores are stored by
+    key, not name: a retrained adapter under an old name has new answers and needs new scores."""
     from server.evaluation.suites import load_suite
 
     prompts = {i.item_id: i.prompt for i in load_suite("helpful", home, limit)}
-    answers: dict[str, dict[str, str]] = {}
+    names = {key: name for name, key in keys.items()}
+    answers: dict[str, dict[str, str]] = {}  # config key -> {item: text}
     for line in (output / "eval" / "results.jsonl").read_text().splitlines():
         row = json.loads(line) if line.strip() else None
-        if row and row["suite"] == "helpful" and row["item_id"] in prompts:
-            answers.setdefault(row["config_name"], {})[row["item_id"]] = row["text"]
+        if (row and row["suite"] == "helpful" and row["item_id"] in prompts
+                and row["config_key"] in names):
+            answers.setdefault(row["config_key"], {})[row["item_id"]] = row["text"]
     http = httpx.Client(base_url=base_url, timeout=600,
                         headers={"Authorization": f"Bearer {USER}"})
-    cache = output / "helpfulness_scores.json"  # {reward: {config: {item: score}}}
+    cache = output / "helpfulness_scores.json"  # {reward: {config key: {item: score}}}
     saved = json.loads(cache.read_text()) if cache.is_file() else {}
     scores: dict[str, dict[str, float]] = saved.setdefault(reward, {})
-    for config, texts in answers.items():
+    for key, texts in answers.items():
         ids = sorted(texts)
-        if sorted(scores.get(config, {})) == ids:
+        if sorted(scores.get(key, {})) == ids:
             continue
         got: list[float] = []
         for start in range(0, len(ids), 64):
@@ -46,15 +50,14 @@ def helpfulness(base_url: str, home: Path, output: Path, reward: str,
                 {"prompt": prompts[i], "response": texts[i]} for i in chunk]})
             r.raise_for_status()
             got += [float(x) for x in r.json()["scores"]]
-        scores[config] = dict(zip(ids, got, strict=True))
+        scores[key] = dict(zip(ids, got, strict=True))
         cache.write_text(json.dumps(saved))
-    base = scores.get("base", {})
+    base = scores.get(keys.get("base", ""), {})
     out: dict[str, dict[str, float]] = {}
-    for config, by_item in scores.items():
-        if config not in answers:
-            continue
+    for key in answers:
+        by_item = scores[key]
         shared = [i for i in by_item if i in base]
-        out[config] = {
+        out[names[key]] = {
             "n": float(len(by_item)),
             "mean_reward": sum(by_item.values()) / len(by_item),
             "at_least_base": (sum(by_item[i] >= base[i] for i in shared) / len(shared)
@@ -128,14 +131,14 @@ class Evaluation:
                                 best_of_n={"n": n, "reward_model": reward}, temperature=0.7)
 
     def add(self, configs: list[Any]) -> dict[str, Any]:
-        from server.evaluation.evaluate import EvalPlan
-        from server.evaluation.evaluate import evaluate as run_eval
+        from server.evaluation.evaluate import EvalPlan, evaluate_and_close
 
         self.configs += configs
         plan = EvalPlan(configs=tuple(self.configs), suites=self.suites, sampling=self.sampling,
                         output=Path(self.args.output) / "eval", concurrency=16,
                         meta={"command": " ".join(sys.argv)})
         # A client per run: an async client belongs to the event loop it first ran in.
-        report = asyncio.run(run_eval(plan, self.connect(), self.scorers, logger.info))
+        report = asyncio.run(evaluate_and_close(plan, self.connect(), self.scorers, logger.info))
         return {"results": report["results"],
+                "keys": {c["name"]: c["key"] for c in report["configs"]},
                 "table": str(Path(self.args.output) / "eval" / "results.md")}

@@ -221,6 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             save(args, result)
         if args.trained:  # variants an earlier run of this command trained into this home
             result["eval"] = evaluation.add([evaluation.adapter(n, slug(n)) for n in args.trained])
+            score_helpfulness(server.base_url, home, args, result)
             save(args, result)
         if args.combine:  # a variant trained earlier (--trained) with a little alignment
             combos = [evaluation.with_alignment(args.combine, slug(args.combine), a)
@@ -275,7 +276,7 @@ def score_helpfulness(base_url: str, home: Path, args: argparse.Namespace,
     if "helpfulness_rm" in result:
         result["helpfulness"] = helpfulness(base_url, home, Path(args.output),
                                             result["helpfulness_rm"]["checkpoint"],
-                                            args.eval_limit)
+                                            args.eval_limit, result["eval"]["keys"])
 
 
 def save(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -291,7 +292,7 @@ def main() -> int:
     p.add_argument("--home", required=True)
     p.add_argument("--output", default=str(REPO_ROOT / "bench" / "results" / "align"))
     p.add_argument("--prompts", type=int, default=200)
-    p.add_argument("--steps", type=int, default=120,
+    p.add_argument("--steps", type=int, default=240,
                    help="Training steps of the loop and of every variant (the product's default).")
     p.add_argument("--synth-tokens", type=int, default=96, help="Answer length in synthesis.")
     p.add_argument("--batch-size", type=int, default=4)

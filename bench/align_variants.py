@@ -37,6 +37,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dpo no canned benign": ("dpo", "pairs-no-canned", {}),
     "dpo canned chosen": ("dpo", "pairs-canned-chosen", {}),
     "dpo 240 steps": ("dpo", "pairs", {"steps": 240}),
+    "dpo 240 steps seed 1": ("dpo", "pairs", {"steps": 240, "seed": 1}),
     "dpo own refusals chosen": ("dpo", "pairs-own-chosen", {}),
     "dpo prefilled refusals": ("dpo", "pairs-prefilled", {}),
     "dpo half data": ("dpo", "pairs-half", {}),
@@ -63,7 +64,8 @@ def variant_spec(name: str, dataset: str, args: argparse.Namespace,
     method = VARIANTS[name][0]
     hp = {"max_steps": overrides.get("steps", args.steps), "batch_size": args.batch_size,
           "learning_rate": overrides.get("lr", args.lr), "max_length": 384,
-          "max_prompt_length": 192, "checkpoint_every": 1000, "seed": args.seed}
+          "max_prompt_length": 192, "checkpoint_every": 1000,
+          "seed": overrides.get("seed", args.seed)}
     spec: dict[str, Any] = {"method": method, "dataset": dataset, "lora": lora(overrides),
                             "hyperparameters": hp, "deploy": {"name": slug(name)}}
     if "rpo_alpha" in overrides:

@@ -34,7 +34,7 @@ def add_align_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="aligned", help="Deployment name of the adapter.")
     p.add_argument("--alpha", type=float, default=1.0, help="Linear alignment step.")
     p.add_argument("--objective", default="dpo", choices=("dpo", "ulma", "pointwise_dpo", "sft"))
-    p.add_argument("--steps", type=int, default=None, help="Training steps (default 120).")
+    p.add_argument("--steps", type=int, default=None, help="Training steps (default 240).")
     p.add_argument("--no-gate", action="store_true", help="Deploy without the evaluation gate.")
     p.add_argument("--no-deploy", action="store_true", help="Train only.")
     p.add_argument("--base-url", default=DEFAULT_BASE_URL)

@@ -52,17 +52,18 @@ class AlignRequest(BaseModel):
     max_tokens: int = Field(default=96, ge=8, le=1024, description="Answer length in synthesis.")
 
 
-# The ablation's choice (docs/alignment.md): plain DPO (no chosen-NLL), 120 steps of 4 pairs at
+# The ablation's choice (docs/alignment.md): plain DPO (no chosen-NLL), 240 steps of 4 pairs at
 # 5e-4, LoRA on attention and MLP. With the NLL on the refusals the adapter refused ordinary
 # requests; at 1e-3 it stopped refusing harmful ones; on attention only it moved half as far;
-# 120 steps beat 60 on harmful refusal and on over-refusal alike.
+# more epochs over the same pairs raised harmful refusal without over-refusal (60 -> 120 -> 240
+# steps: 50% -> 55% -> 75%), where larger steps (1e-3, rank 32) stopped the refusals instead.
 DEFAULT_LORA: dict[str, Any] = {
     "r": 8, "alpha": 16,
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                        "down_proj"],
 }
 DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
-    "max_steps": 120, "batch_size": 4, "learning_rate": 5e-4, "max_length": 384,
+    "max_steps": 240, "batch_size": 4, "learning_rate": 5e-4, "max_length": 384,
     "max_prompt_length": 192, "checkpoint_every": 20,
 }
 

@@ -121,7 +121,12 @@ def run_eval_command(args: argparse.Namespace, home: Path, say: ProgressFn) -> i
     except (ConfigError, ValueError, KeyError) as exc:
         say(f"error: {exc}")
         return 2
-    from server.evaluation.evaluate import EvalPlan, JudgeSpec, build_scorers, evaluate
+    from server.evaluation.evaluate import (
+        EvalPlan,
+        JudgeSpec,
+        build_scorers,
+        evaluate_and_close,
+    )
     from server.evaluation.reward import HTTPRewardScorer
     from server.evaluation.runner import OpenAIGenerator
 
@@ -150,7 +155,7 @@ def run_eval_command(args: argparse.Namespace, home: Path, say: ProgressFn) -> i
     scorers = build_scorers(home, say, reward)
     generator = OpenAIGenerator.connect(args.base_url, api_key)
     try:
-        asyncio.run(evaluate(plan, generator, scorers, say))
+        asyncio.run(evaluate_and_close(plan, generator, scorers, say))
     except KeyboardInterrupt:
         say(f"interrupted: finished answers are kept in {output}; rerun the command to resume")
         return 130

@@ -3,7 +3,8 @@
 A configuration is a model name plus what a client can add to a chat request: a system message
 and the ``alignment`` extension (sent through ``extra_body``). Its key hashes everything that
 changes the answers (the name is only a label), so renaming a configuration reuses its results
-and changing alpha does not.
+and changing alpha does not. A deployment name is pinned to the version it serves when a run starts
+(``runner.pin_versions``), so a retrained adapter under the same name gets fresh answers.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class EvalConfig:
     system: str | None = None
     best_of_n: Mapping[str, Any] | None = field(default=None, hash=False)  # {"n", "reward_model"}
     temperature: float | None = None  # overrides the run's (Best-of-N needs sampling)
+    # Creation time of the adapter version ``model`` was pinned to (``runner.pin_versions``):
+    # version numbers are per home, so this keeps two homes' "name@1" apart in one results file.
+    revision: int | None = None
 
     def key(self, sampling: SamplingParams) -> str:
         """12 hex digits of sha256 over the answer-relevant fields (not the name)."""
@@ -55,6 +59,8 @@ class EvalConfig:
             payload["best_of_n"] = dict(self.best_of_n)
         if self.temperature is not None:
             payload["temperature"] = self.temperature
+        if self.revision is not None:
+            payload["revision"] = self.revision
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,14 @@ from server.evaluation.refusal import RefusalDetector, cross_validated_scores
 from server.evaluation.refusal_examples import EXAMPLES, split
 from server.evaluation.report import suite_metrics, write_report
 from server.evaluation.reward import RewardScorer
-from server.evaluation.runner import RESULTS_FILE, Generator, ResultStore, run_generation
+from server.evaluation.runner import (
+    RESULTS_FILE,
+    Generator,
+    OpenAIGenerator,
+    ResultStore,
+    pin_versions,
+    run_generation,
+)
 from server.evaluation.suites import SUITES, EvalItem
 
 logger = logging.getLogger(__name__)
@@ -139,12 +146,23 @@ async def _judge(
     return out
 
 
+async def evaluate_and_close(
+    plan: EvalPlan, generator: OpenAIGenerator, scorers: Scorers, say: ProgressFn
+) -> dict[str, Any]:
+    """``evaluate`` with a client that belongs to this run alone."""
+    try:
+        return await evaluate(plan, generator, scorers, say)
+    finally:
+        await generator.close()
+
+
 async def evaluate(
     plan: EvalPlan, generator: Generator, scorers: Scorers, say: ProgressFn
 ) -> dict[str, Any]:
     """Run the plan, write report.json, results.md and charts into ``plan.output``."""
     check_unique(plan.configs)
     start = time.monotonic()
+    plan = replace(plan, configs=await pin_versions(plan.configs, generator, say))
     plan.output.mkdir(parents=True, exist_ok=True)
     store = ResultStore(plan.output / RESULTS_FILE)
     items: Sequence[EvalItem] = [i for items in plan.suites.values() for i in items]

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,12 +35,42 @@ class Completion:
     first_token_logprobs: tuple[tuple[str, float], ...] = ()  # (token, logprob) alternatives
 
 
+@dataclass(frozen=True)
+class ServedVersion:
+    model: str  # the pinned name, "helpful@3"
+    created: int
+
+
 class Generator(Protocol):
     """Turns one chat request into one answer (the OpenAI client, or a fake in tests)."""
 
     async def generate(
         self, config: EvalConfig, messages: list[dict[str, str]], sampling: SamplingParams
     ) -> Completion: ...
+
+    async def served_version(self, model: str) -> ServedVersion | None:
+        """The adapter version ``model`` names now; None for a name without versions (the base
+        model, or a server that does not list them)."""
+        ...
+
+
+async def pin_versions(
+    configs: Sequence[EvalConfig], generator: Generator, say: ProgressFn
+) -> tuple[EvalConfig, ...]:
+    """Each configuration on the version its deployment name serves now. Answers are stored by
+    configuration key, and a name alone would hand a retrained adapter its predecessor's
+    answers; pinned, the key changes with the version, and a redeploy during the run cannot
+    mix two versions' answers."""
+    pinned: list[EvalConfig] = []
+    for config in configs:
+        served = await generator.served_version(config.model)
+        if served is None:
+            pinned.append(config)
+            continue
+        if served.model != config.model:
+            say(f"{config.name}: {config.model} serves {served.model}")
+        pinned.append(replace(config, model=served.model, revision=served.created))
+    return tuple(pinned)
 
 
 class OpenAIGenerator:
@@ -82,6 +112,21 @@ class OpenAIGenerator:
                           for t in choice.logprobs.content[0].top_logprobs)
         return Completion(choice.message.content or "", int(tokens), str(choice.finish_reason),
                           first)
+
+    async def close(self) -> None:
+        """Inside the event loop that used the client: closed later, by the garbage collector,
+        its connections would be torn down on a loop asyncio.run has already closed."""
+        await self.client.close()
+
+    async def served_version(self, model: str) -> ServedVersion | None:
+        # The list, not GET /v1/models/{id}: plain vLLM serves only the list.
+        page = await self.client.models.list()
+        card = next((m for m in page.data if m.id == model), None)
+        version = (card.model_extra or {}).get("version") if card is not None else None
+        if card is None or version is None:
+            return None
+        pinned = card.id if "@" in card.id else f"{card.id}@{version}"
+        return ServedVersion(pinned, int(card.created))
 
 
 @dataclass(frozen=True)

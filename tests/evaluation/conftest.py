@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 from server.evaluation.configs import EvalConfig, SamplingParams
-from server.evaluation.runner import Completion
+from server.evaluation.runner import Completion, ServedVersion
 
 
 class FakeGenerator:
     """Answers from a function of (config, prompt); can fail after ``fail_after`` calls."""
 
-    def __init__(self, reply=None, fail_after: int | None = None, logprobs=()) -> None:
+    def __init__(self, reply=None, fail_after: int | None = None, logprobs=(),
+                 versions: dict[str, ServedVersion] | None = None) -> None:
         self.reply = reply or (lambda config, prompt: f"{config.name} answers: {prompt}")
+        self.versions = versions or {}  # deployment name -> the version it serves
         self.fail_after = fail_after
         self.logprobs = tuple(logprobs)
         self.calls: list[tuple[str, str]] = []
@@ -27,6 +29,9 @@ class FakeGenerator:
         self.calls.append((config.name, prompt))
         text = self.reply(config, prompt)
         return Completion(text, len(text.split()), "stop", self.logprobs)
+
+    async def served_version(self, model: str) -> ServedVersion | None:
+        return self.versions.get(model)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from server.evaluation.evaluate import EvalPlan, JudgeSpec, Scorers, evaluate
 from server.evaluation.packaged import OffensiveScorer
 from server.evaluation.refusal import RefusalDetector
 from server.evaluation.report import render_markdown
+from server.evaluation.runner import ServedVersion
 from server.evaluation.suites import EvalItem
 from tests.evaluation.conftest import FakeGenerator
 
@@ -94,3 +95,23 @@ def test_markdown_without_judge_or_extras() -> None:
         "|---|---|---|",
         "| base | 0.50 (1/2) | 12.0 |",
     ]
+
+
+def test_a_retrained_adapter_under_the_same_name_is_answered_again(tmp_path: Path) -> None:
+    """Answers are stored by configuration key; the key follows the version a name serves."""
+    out = tmp_path / "run"
+    plan = EvalPlan(configs=(EvalConfig("base", "m"), EvalConfig("tuned", "helpful")),
+                    suites=SUITES, sampling=SamplingParams(max_tokens=16), output=out)
+    first = FakeGenerator(reply=_reply, versions={"helpful": ServedVersion("helpful@1", 100)})
+    report = asyncio.run(evaluate(plan, first, _scorers(), lambda _: None))
+    assert report["configs"][1]["model"] == "helpful@1"
+    assert {c for c, _ in first.calls} == {"base", "tuned"}
+
+    same = FakeGenerator(reply=_reply, versions={"helpful": ServedVersion("helpful@1", 100)})
+    asyncio.run(evaluate(plan, same, _scorers(), lambda _: None))
+    assert same.calls == []
+
+    retrained = FakeGenerator(reply=_reply, versions={"helpful": ServedVersion("helpful@2", 200)})
+    report = asyncio.run(evaluate(plan, retrained, _scorers(), lambda _: None))
+    assert [c for c, _ in retrained.calls] == ["tuned"] * 8  # the base's answers still stand
+    assert report["new_answers"] == 8 and report["configs"][1]["model"] == "helpful@2"

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from server.evaluation.configs import EvalConfig, SamplingParams
-from server.evaluation.runner import OpenAIGenerator, ResultStore, run_generation
+from server.evaluation.runner import OpenAIGenerator, ResultStore, ServedVersion, run_generation
 from server.evaluation.suites import EvalItem
 from tests.evaluation.conftest import FakeGenerator
 
@@ -91,3 +91,21 @@ def test_openai_generator_sends_the_extension_and_reads_logprobs() -> None:
     assert sent["logprobs"] is True and sent["top_logprobs"] == 5
     assert (out.text, out.completion_tokens, out.finish_reason) == ("A", 1, "length")
     assert out.first_token_logprobs == (("A", -0.1), (" B", -2.5))
+
+
+def test_served_version_reads_the_model_list() -> None:
+    """Our /v1/models cards carry ``version``; a name without one (the base, plain vLLM) is
+    not pinned; a name already pinned stays as it is."""
+    from openai.types import Model
+
+    cards = [Model(id="base", created=1, object="model", owned_by="x"),
+             Model(id="helpful", created=7, object="model", owned_by="x", version=3),
+             Model(id="helpful@2", created=5, object="model", owned_by="x", version=2)]
+
+    async def list_models() -> SimpleNamespace:
+        return SimpleNamespace(data=cards)
+
+    generator = OpenAIGenerator(SimpleNamespace(models=SimpleNamespace(list=list_models)))
+    served = [asyncio.run(generator.served_version(m)) for m in
+              ("base", "helpful", "helpful@2", "missing")]
+    assert served == [None, ServedVersion("helpful@3", 7), ServedVersion("helpful@2", 5), None]

@@ -15,6 +15,8 @@ import openai
 import pytest
 
 from server.engine.renderer import HFChatRenderer
+from server.evaluation.configs import EvalConfig, SamplingParams
+from server.evaluation.runner import OpenAIGenerator, ServedVersion
 from tests.real.conftest import ADMIN_KEY, USER_KEY, own_store
 from tests.real.server_process import ServerProcess
 from tests.real.swap_checkpoints import expected_greedy, make_adapter, make_full
@@ -148,6 +150,22 @@ def test_ten_deployments_under_16_streaming_clients(
     models = httpx.get(f"{url}/v1/models", headers=ADMIN).json()["data"]
     ad = next(m for m in models if m["id"] == "ad")
     assert ad["parent"] == BASE and ad["version"] >= 1
+
+    # An evaluation pins "ad" to the version it serves, and the pinned name answers as that one.
+    async def pinned() -> tuple[ServedVersion | None, ServedVersion | None, str]:
+        generator = OpenAIGenerator.connect(f"{url}/v1", USER_KEY)
+        try:
+            served = await generator.served_version("ad")
+            assert served is not None
+            answer = await generator.generate(EvalConfig("ad", served.model), MESSAGES,
+                                              SamplingParams(max_tokens=MAX_TOKENS))
+            return served, await generator.served_version(BASE), answer.text
+        finally:
+            await generator.close()
+
+    served, base, text = asyncio.run(pinned())
+    assert served == ServedVersion(f"ad@{ad['version']}", ad["created"]) and base is None
+    assert text == expected[checkpoint_of[served.model]]
 
 
 def test_corrupted_checkpoint_is_refused(
