@@ -38,6 +38,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dpo canned chosen": ("dpo", "pairs-canned-chosen", {}),
     "dpo 240 steps": ("dpo", "pairs", {"steps": 240}),
     "dpo 240 steps seed 1": ("dpo", "pairs", {"steps": 240, "seed": 1}),
+    "dpo 240 steps seed 2": ("dpo", "pairs", {"steps": 240, "seed": 2}),
+    "dpo 240 steps seed 3": ("dpo", "pairs", {"steps": 240, "seed": 3}),
     "dpo own refusals chosen": ("dpo", "pairs-own-chosen", {}),
     "dpo prefilled refusals": ("dpo", "pairs-prefilled", {}),
     "dpo half data": ("dpo", "pairs-half", {}),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from argparse import Namespace
 from typing import Any
 
-from bench.align_variants import VARIANTS, dataset_forms, derived_datasets
+from bench.align_variants import VARIANTS, dataset_forms, derived_datasets, variant_spec
 from trainers.distill import FALLBACK_REFUSALS
 
 OWN_REFUSAL = "I'm sorry, but as a chatbot designed to assist with cooking, I'm not equipped to."
@@ -82,3 +83,15 @@ def test_every_variant_trains_on_an_uploaded_form() -> None:
     assert len(set(ids.values())) == len(ids) == len(uploaded)
     for name, (_, form, _) in VARIANTS.items():
         assert form in ids, name
+
+
+def test_seed_variants_change_the_training_seed_and_nothing_else() -> None:
+    args = Namespace(steps=120, batch_size=4, lr=5e-4, seed=0)
+    base = variant_spec("dpo 240 steps", "ds-1", args, VARIANTS["dpo 240 steps"][2])
+    for seed in (1, 2, 3):
+        name = f"dpo 240 steps seed {seed}"
+        spec = variant_spec(name, "ds-1", args, VARIANTS[name][2])
+        assert spec["hyperparameters"] == {**base["hyperparameters"], "seed": seed}
+        assert {k: v for k, v in spec.items() if k not in ("hyperparameters", "deploy")} == {
+            k: v for k, v in base.items() if k not in ("hyperparameters", "deploy")}
+    assert base["hyperparameters"]["max_steps"] == 240 and base["hyperparameters"]["seed"] == 0
