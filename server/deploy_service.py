@@ -184,7 +184,7 @@ class DeploymentService:
         try:
             weights, verify_s = await self._verify(Path(version.path), version.mode)
             return await self._switch(version.name, weights, version.mode, version.version,
-                                      verify_s)
+                                      verify_s, created=version.created_at)
         except Exception as exc:
             self._failed(key, version.mode, exc)
             raise
@@ -231,10 +231,11 @@ class DeploymentService:
                 logger.info("%s@%d not deployed: another replica proposed %s first",
                             name, number, checkpoint)
                 return None
+            created = await self._created_at(name, number, created)
             key = (name, number)
             self.outcomes[key] = LocalOutcome("deploying")
             try:
-                result = await self._switch(name, weights, mode, number, verify_s, check)
+                result = await self._switch(name, weights, mode, number, verify_s, check, created)
             except Exception as exc:
                 outcome = self._failed(key, mode, exc)
                 if isinstance(exc, ServiceUnavailableError):
@@ -256,6 +257,11 @@ class DeploymentService:
             for v in history
         )
 
+    async def _created_at(self, name: str, number: int, fallback: float) -> float:
+        """The store's creation time of ``name@number``: what every replica shows for it."""
+        history = await _call(self.store.history, name)
+        return next((v.created_at for v in history if v.version == number), fallback)
+
     async def _verify(self, folder: Path, mode: DeployMode) -> tuple[Path, float]:
         started = time.monotonic()
         weights = await asyncio.to_thread(self.checks.verified_weights, folder, mode)
@@ -265,11 +271,11 @@ class DeploymentService:
 
     async def _switch(
         self, name: str, weights: Path, mode: DeployMode, number: int, verify_s: float,
-        check: StagedCheck | None = None,
+        check: StagedCheck | None = None, created: float | None = None,
     ) -> SwapResult:
         """Stage, smoke-test (and ``check``) and make live ``name@number`` in this engine."""
         result = await self.deployer.deploy(name, weights, mode, number, self._smoke(),
-                                            check=check)
+                                            check=check, created=created)
         seconds = result.seconds + verify_s
         phases = {"verify_s": verify_s, **result.phases}
         self.outcomes[(name, number)] = LocalOutcome("live", None, seconds, phases)

@@ -66,10 +66,12 @@ class Deployer(Protocol):
 
     async def deploy(
         self, name: str, path: Path, mode: Mode, number: int, smoke_prompt: list[int],
-        check: StagedCheck | None = None,
+        check: StagedCheck | None = None, created: float | None = None,
     ) -> SwapResult:
         """Put version ``number`` of ``name`` live (staged first; reused if already known).
-        ``check(label)`` runs on the staged adapter after the smoke test; raising refuses it."""
+        ``check(label)`` runs on the staged adapter after the smoke test; raising refuses it.
+        ``created``: the version's creation time in the deployment store (what /v1/models
+        shows, the same on every replica and after a restart); default now."""
         ...
 
     async def undeploy(self, name: str) -> None: ...
@@ -93,7 +95,7 @@ class VLLMDeployer:
 
     async def deploy(
         self, name: str, path: Path, mode: Mode, number: int, smoke_prompt: list[int],
-        check: StagedCheck | None = None,
+        check: StagedCheck | None = None, created: float | None = None,
     ) -> SwapResult:
         if check is not None and mode == "full":
             # Checking full weights would hold every request back for the whole evaluation.
@@ -102,7 +104,8 @@ class VLLMDeployer:
             table = self.engine.table
             version = table.versions.get(f"{name}@{number}")
             if version is None or version.state == "failed":
-                version = table.new_version(name, mode, path, int(time.time()), number)
+                when = int(created if created is not None else time.time())
+                version = table.new_version(name, mode, path, when, number)
             return await self._activate(version, smoke_prompt, check)
 
     async def undeploy(self, name: str) -> None:

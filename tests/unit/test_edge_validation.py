@@ -33,7 +33,8 @@ class _Deployer:
     """Never reached by these tests with a valid checkpoint: the gate refuses first."""
 
     async def deploy(self, name: str, path: Path, mode: str, number: int,
-                     smoke_prompt: list[int], check: object = None) -> SwapResult:
+                     smoke_prompt: list[int], check: object = None,
+                     created: float | None = None) -> SwapResult:
         raise AssertionError("not expected")
 
     async def undeploy(self, name: str) -> None:

@@ -38,13 +38,15 @@ class FakeDeployer:
         self.aliases: dict[str, str] = {}
         self.calls: list[str] = []
         self.fail: set[str] = set()  # checkpoint folder names whose smoke test fails
+        self.created: dict[str, float | None] = {}  # label -> the creation time it was given
 
     async def deploy(
         self, name: str, path: Path, mode: str, number: int, smoke_prompt: list[int],
-        check: StagedCheck | None = None,
+        check: StagedCheck | None = None, created: float | None = None,
     ) -> SwapResult:
         label = f"{name}@{number}"
         self.calls.append(label)
+        self.created[label] = created
         assert smoke_prompt, "the gate smoke-tests on a real prompt"
         if path.name in self.fail:
             raise RuntimeError(f"smoke generation on {label} produced no tokens")
@@ -140,6 +142,10 @@ def test_deploy_rollback_delete_through_either_replica_reach_the_other(
         assert await b.reconciler.poll()
         assert b.deployer.live() == {"ad": "ad@1"}
         assert states(store, "ad") == {"a": (1, "live"), "b": (1, "live")}
+        # Both engines (and the API's record) date ad@1 by the store, not by their own clocks.
+        created = store.history("ad")[0].created_at
+        assert a.deployer.created["ad@1"] == b.deployer.created["ad@1"] == created
+        assert first["created_at"] == created
         assert not await b.reconciler.poll()  # nothing changed: no pass
         await a.reconciler.poll()
         assert a.deployer.calls == ["ad@1"]  # its own change is not applied twice

@@ -91,7 +91,7 @@ class DrainingDeployer(FakeDeployer):
 
     async def deploy(
         self, name: str, path: Path, mode: str, number: int, smoke_prompt: list[int],
-        check: object = None,
+        check: object = None, created: float | None = None,
     ) -> SwapResult:
         if mode == "full":
             raise SwapDrainTimeout(f"{name}@{number}", 3, 120.0, "base")
