@@ -55,8 +55,9 @@ class AlignRequest(BaseModel):
 # The ablation's choice (docs/alignment.md): plain DPO (no chosen-NLL), 240 steps of 4 pairs at
 # 5e-4, LoRA on attention and MLP. With the NLL on the refusals the adapter refused ordinary
 # requests; at 1e-3 it stopped refusing harmful ones; on attention only it moved half as far;
-# more epochs over the same pairs raised harmful refusal without over-refusal (60 -> 120 -> 240
-# steps: 50% -> 55% -> 75%), where larger steps (1e-3, rank 32) stopped the refusals instead.
+# more epochs over the same pairs raised harmful refusal without over-refusal (seed 0: 60 -> 120
+# -> 240 steps gave 50% -> 55% -> 75%; seeds 1-3 at 240 gave 20%, 68%, 60%), where larger steps
+# (1e-3, rank 32) stopped the refusals instead.
 DEFAULT_LORA: dict[str, Any] = {
     "r": 8, "alpha": 16,
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
