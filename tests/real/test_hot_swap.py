@@ -165,7 +165,10 @@ def test_ten_deployments_under_16_streaming_clients(
 
     served, base, text = asyncio.run(pinned())
     assert served == ServedVersion(f"ad@{ad['version']}", ad["created"]) and base is None
-    assert text == expected[checkpoint_of[served.model]]
+    # The adapter runs on the full weights live under "fw" (the last step deployed some).
+    fw = next(m for m in models if m["id"] == "fw")
+    weights = checkpoint_of[f"fw@{fw['version']}"]
+    assert text == expected[f"{checkpoint_of[served.model]}+{weights}"]
 
 
 def test_corrupted_checkpoint_is_refused(
