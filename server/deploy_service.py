@@ -214,7 +214,7 @@ class DeploymentService:
             raise InvalidRequestError(f"'{name}' cannot be a deployment name", param="name")
         folder = self.checks.folder(checkpoint)
         async with self.lock:
-            if unique and await self._has_version(name, checkpoint, below=None):
+            if unique and await self._has_version(name, checkpoint):
                 return None
             created = time.time()
             try:
@@ -227,11 +227,14 @@ class DeploymentService:
                     name, None, checkpoint, mode, "failed", reason, created
                 ).view()
             number = await _call(self.store.propose_version, name, str(folder), mode, checkpoint)
-            if unique and await self._has_version(name, checkpoint, below=number):
+            history = await _call(self.store.history, name)
+            if unique and any(v.checkpoint_id == checkpoint and v.version < number
+                              for v in history):
                 logger.info("%s@%d not deployed: another replica proposed %s first",
                             name, number, checkpoint)
                 return None
-            created = await self._created_at(name, number, created)
+            # The store's creation time, not ours: every replica shows the same one.
+            created = next((v.created_at for v in history if v.version == number), created)
             key = (name, number)
             self.outcomes[key] = LocalOutcome("deploying")
             try:
@@ -250,17 +253,9 @@ class DeploymentService:
                 dict(result.phases),
             ).view()
 
-    async def _has_version(self, name: str, checkpoint: str, below: int | None) -> bool:
+    async def _has_version(self, name: str, checkpoint: str) -> bool:
         history = await _call(self.store.history, name)
-        return any(
-            v.checkpoint_id == checkpoint and (below is None or v.version < below)
-            for v in history
-        )
-
-    async def _created_at(self, name: str, number: int, fallback: float) -> float:
-        """The store's creation time of ``name@number``: what every replica shows for it."""
-        history = await _call(self.store.history, name)
-        return next((v.created_at for v in history if v.version == number), fallback)
+        return any(v.checkpoint_id == checkpoint for v in history)
 
     async def _verify(self, folder: Path, mode: DeployMode) -> tuple[Path, float]:
         started = time.monotonic()

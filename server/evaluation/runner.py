@@ -48,9 +48,9 @@ class Generator(Protocol):
         self, config: EvalConfig, messages: list[dict[str, str]], sampling: SamplingParams
     ) -> Completion: ...
 
-    async def served_version(self, model: str) -> ServedVersion | None:
-        """The adapter version ``model`` names now; None for a name without versions (the base
-        model, or a server that does not list them)."""
+    async def served_versions(self) -> dict[str, ServedVersion]:
+        """Every served name that has versions -> the version it names now. Names without
+        versions (the base model, another server's models) are left out."""
         ...
 
 
@@ -61,9 +61,10 @@ async def pin_versions(
     configuration key, and a name alone would hand a retrained adapter its predecessor's
     answers; pinned, the key changes with the version, and a redeploy during the run cannot
     mix two versions' answers."""
+    versions = await generator.served_versions()
     pinned: list[EvalConfig] = []
     for config in configs:
-        served = await generator.served_version(config.model)
+        served = versions.get(config.model)
         if served is None:
             pinned.append(config)
             continue
@@ -118,15 +119,16 @@ class OpenAIGenerator:
         its connections would be torn down on a loop asyncio.run has already closed."""
         await self.client.close()
 
-    async def served_version(self, model: str) -> ServedVersion | None:
-        # The list, not GET /v1/models/{id}: plain vLLM serves only the list.
+    async def served_versions(self) -> dict[str, ServedVersion]:
+        # The list (plain vLLM serves no GET /v1/models/{id}), once per run.
         page = await self.client.models.list()
-        card = next((m for m in page.data if m.id == model), None)
-        version = (card.model_extra or {}).get("version") if card is not None else None
-        if card is None or version is None:
-            return None
-        pinned = card.id if "@" in card.id else f"{card.id}@{version}"
-        return ServedVersion(pinned, int(card.created))
+        versions: dict[str, ServedVersion] = {}
+        for card in page.data:
+            version = (card.model_extra or {}).get("version")
+            if version is not None:
+                pinned = card.id if "@" in card.id else f"{card.id}@{version}"
+                versions[card.id] = ServedVersion(pinned, int(card.created))
+        return versions
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ class FakeGenerator:
         text = self.reply(config, prompt)
         return Completion(text, len(text.split()), "stop", self.logprobs)
 
-    async def served_version(self, model: str) -> ServedVersion | None:
-        return self.versions.get(model)
+    async def served_versions(self) -> dict[str, ServedVersion]:
+        return dict(self.versions)
 
 
 @pytest.fixture

@@ -106,6 +106,6 @@ def test_served_version_reads_the_model_list() -> None:
         return SimpleNamespace(data=cards)
 
     generator = OpenAIGenerator(SimpleNamespace(models=SimpleNamespace(list=list_models)))
-    served = [asyncio.run(generator.served_version(m)) for m in
-              ("base", "helpful", "helpful@2", "missing")]
+    versions = asyncio.run(generator.served_versions())
+    served = [versions.get(m) for m in ("base", "helpful", "helpful@2", "missing")]
     assert served == [None, ServedVersion("helpful@3", 7), ServedVersion("helpful@2", 5), None]

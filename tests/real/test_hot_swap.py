@@ -155,11 +155,12 @@ def test_ten_deployments_under_16_streaming_clients(
     async def pinned() -> tuple[ServedVersion | None, ServedVersion | None, str]:
         generator = OpenAIGenerator.connect(f"{url}/v1", USER_KEY)
         try:
-            served = await generator.served_version("ad")
+            versions = await generator.served_versions()
+            served = versions.get("ad")
             assert served is not None
             answer = await generator.generate(EvalConfig("ad", served.model), MESSAGES,
                                               SamplingParams(max_tokens=MAX_TOKENS))
-            return served, await generator.served_version(BASE), answer.text
+            return served, versions.get(BASE), answer.text
         finally:
             await generator.close()
 
