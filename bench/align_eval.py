@@ -125,6 +125,12 @@ class Evaluation:
         return self.config_type(f"{name} + LA alpha={alpha:g}", deployment,
                                 {**self.principle, "alpha": alpha})
 
+    def with_contrast(self, name: str, deployment: str, alpha: float) -> Any:
+        """The adapter decoded against the base model (adapter contrast): z_adapter + alpha
+        (z_adapter - z_base), the conversation as sent, no principle in any prompt."""
+        return self.config_type(f"{name} vs base, contrast alpha={alpha:g}", deployment,
+                                {"contrast": {"against": self.model}, "alpha": alpha})
+
     def best_of_n(self, reward: str) -> Any:
         n = self.args.best_of
         return self.config_type(f"afd best-of-{n}", self.model,

@@ -229,6 +229,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["eval"] = evaluation.add(combos)
             score_helpfulness(server.base_url, home, args, result)
             save(args, result)
+        # Adapters decoded against the base (no principle in any prompt): those deployed
+        # already now, the variants this run trains as soon as each is live.
+        def contrast_rows(names: list[str]) -> list[Any]:
+            return [evaluation.with_contrast(n, n if n == args.align_name else slug(n), a)
+                    for n in names for a in args.contrast_alpha]
+
+        ready = [n for n in args.contrast if n not in args.variants]
+        if ready:
+            result["eval"] = evaluation.add(contrast_rows(ready))
+            score_helpfulness(server.base_url, home, args, result)
+            save(args, result)
         if args.variants:
             prefilled = ({int(i): str(t) for i, t in json.loads(Path(args.prefilled).read_text())}
                          if args.prefilled else None)
@@ -245,6 +256,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows = [evaluation.adapter(name, slug(name))]
                 if VARIANTS[name][0] == "afd":  # its reward model picks among base samples
                     rows.append(evaluation.best_of_n(admin.checkpoint_of(str(vjob["id"]))))
+                if name in args.contrast:
+                    rows += contrast_rows([name])
                 result["eval"] = evaluation.add(rows)
                 score_helpfulness(server.base_url, home, args, result)
                 save(args, result)
@@ -319,6 +332,10 @@ def main() -> int:
                    help="Variants already trained and deployed in --home: evaluated only.")
     p.add_argument("--combine", default=None, choices=sorted(VARIANTS),
                    help="Also evaluate this variant with linear alignment at --small-alpha.")
+    p.add_argument("--contrast", nargs="*", default=[], metavar="NAME",
+                   help="The loop's adapter (--align-name) or variants (trained now or "
+                        "before): also decode each against the base at --contrast-alpha.")
+    p.add_argument("--contrast-alpha", type=float, nargs="+", default=[0.5, 1.0])
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
@@ -329,6 +346,9 @@ def main() -> int:
                    help="[[pair index, text], ...]: the model's own refusals, elicited by "
                         "prefilling its answer, for the 'dpo prefilled refusals' variant.")
     args = p.parse_args()
+    unknown = [n for n in args.contrast if n != args.align_name and n not in VARIANTS]
+    if unknown:
+        p.error(f"--contrast: not the loop's adapter ({args.align_name}) nor a variant: {unknown}")
     os.makedirs(args.output, exist_ok=True)
     result = run(args)
     save(args, result)

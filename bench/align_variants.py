@@ -44,6 +44,12 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # seed: 0.7 -> 0.3, 0.5 -> 0.06); a little chosen NLL holds it up.
     "dpo+nll0.2 240 steps": ("dpo", "pairs", {"steps": 240, "rpo_alpha": 0.2}),
     "dpo+nll0.2 240 steps seed 1": ("dpo", "pairs", {"steps": 240, "rpo_alpha": 0.2, "seed": 1}),
+    # Between plain DPO (seed-dependent harmful refusal) and NLL 0.2 (over-refusal up to 20%).
+    "dpo+nll0.1 240 steps": ("dpo", "pairs", {"steps": 240, "rpo_alpha": 0.1}),
+    "dpo+nll0.1 240 steps seed 1": ("dpo", "pairs", {"steps": 240, "rpo_alpha": 0.1, "seed": 1}),
+    "dpo+nll0.05 240 steps": ("dpo", "pairs", {"steps": 240, "rpo_alpha": 0.05}),
+    "dpo+nll0.05 240 steps seed 1": ("dpo", "pairs", {"steps": 240, "rpo_alpha": 0.05,
+                                                      "seed": 1}),
     "dpo own refusals chosen": ("dpo", "pairs-own-chosen", {}),
     "dpo prefilled refusals": ("dpo", "pairs-prefilled", {}),
     "dpo half data": ("dpo", "pairs-half", {}),
