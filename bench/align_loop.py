@@ -139,11 +139,14 @@ def align_once(admin: Admin, server: ServerProcess, args: argparse.Namespace,
                result: dict[str, Any]) -> str:
     """The product's one call (``POST /admin/v1/align``, default gate), timed stage by stage
     from the job's events, with the CPU other processes used meanwhile."""
-    body = {"preset": args.preset, "alpha": args.la_alpha, "prompts": "builtin",
-            "count": args.prompts, "name": args.align_name, "rpo_alpha": args.rpo_alpha,
-            "max_tokens": args.synth_tokens, "seed": args.seed,
-            "hyperparameters": {"max_steps": args.steps, "batch_size": args.batch_size,
-                                "learning_rate": args.lr}}
+    body: dict[str, Any] = {
+        "preset": args.preset, "alpha": args.la_alpha, "prompts": "builtin",
+        "count": args.prompts, "name": args.align_name, "max_tokens": args.synth_tokens,
+        "seed": args.seed, "hyperparameters": {"max_steps": args.steps,
+                                               "batch_size": args.batch_size,
+                                               "learning_rate": args.lr}}
+    if args.rpo_alpha is not None:  # else the product's default
+        body["rpo_alpha"] = args.rpo_alpha
     with CpuWindow(server.processes()) as window:
         r = admin.http.post("/admin/v1/align", json=body)
         if r.status_code != 200:
@@ -311,7 +314,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--rpo-alpha", type=float, default=None,
-                   help="Chosen-NLL weight of the loop's DPO (default: none, the product's).")
+                   help="Chosen-NLL weight of the loop's DPO (default: the product's; 0: "
+                        "plain DPO).")
     p.add_argument("--align-name", default="aligned",
                    help="Deployment (and table row) of the loop's adapter; another name keeps "
                         "an earlier loop's rows in the same --home and --output.")

@@ -34,6 +34,8 @@ def add_align_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="aligned", help="Deployment name of the adapter.")
     p.add_argument("--alpha", type=float, default=1.0, help="Linear alignment step.")
     p.add_argument("--objective", default="dpo", choices=("dpo", "ulma", "pointwise_dpo", "sft"))
+    p.add_argument("--rpo-alpha", type=float, default=None,
+                   help="Chosen-answer NLL weight with dpo (default: none, plain DPO).")
     p.add_argument("--steps", type=int, default=None, help="Training steps (default 240).")
     p.add_argument("--no-gate", action="store_true", help="Deploy without the evaluation gate.")
     p.add_argument("--no-deploy", action="store_true", help="Train only.")
@@ -53,6 +55,8 @@ def request_body(args: argparse.Namespace, dataset: str | None) -> dict[str, Any
         body["preset"] = args.preset
     if dataset is not None:
         body["prompts"] = dataset
+    if args.rpo_alpha is not None:
+        body["rpo_alpha"] = args.rpo_alpha
     if args.steps is not None:
         body["hyperparameters"] = {"max_steps": args.steps}
     if args.no_gate:

@@ -45,7 +45,8 @@ class AlignRequest(BaseModel):
     objective: Literal["dpo", "ulma", "pointwise_dpo", "sft"] = "dpo"
     rpo_alpha: float | None = Field(
         default=None, ge=0.0, le=100.0,
-        description="Chosen-answer NLL weight with 'dpo' (none by default: docs/alignment.md).")
+        description="Chosen-answer NLL weight with 'dpo' (none by default: docs/alignment.md; "
+        "the other objectives ignore it).")
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     lora: dict[str, Any] | None = None
     seed: int = Field(default=0, ge=0, le=2**31)
@@ -72,7 +73,8 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
 def job_spec(req: AlignRequest, dataset: str) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "method": "align", "dataset": dataset, "alpha": req.alpha, "objective": req.objective,
-        "rpo_alpha": req.rpo_alpha, "lora": req.lora or DEFAULT_LORA,
+        "rpo_alpha": req.rpo_alpha if req.objective == "dpo" else None,
+        "lora": req.lora or DEFAULT_LORA,
         "synthesis": {"max_tokens": req.max_tokens},
         "hyperparameters": {**DEFAULT_HYPERPARAMETERS, "seed": req.seed,
                             **req.hyperparameters},

@@ -58,6 +58,15 @@ def test_align_queues_one_job_with_engine_deploy_and_gate(client: TestClient) ->
     assert deploy["gate"]["max_over_refusal"] == 0.10 and deploy["gate"]["not_worse_than_live"]
 
 
+def test_align_chosen_nll_is_passed_to_dpo_only(client: TestClient) -> None:
+    dataset = prompts(client)
+    for body, expected in (({"rpo_alpha": 0.1}, 0.1), ({"rpo_alpha": None}, None),
+                           ({"objective": "ulma", "rpo_alpha": 0.1}, None)):
+        r = client.post("/admin/v1/align", json={"prompts": dataset, **body})
+        assert r.status_code == 200, r.text
+        assert r.json()["config"]["rpo_alpha"] == expected, body
+
+
 def test_align_without_deploy_or_gate(client: TestClient) -> None:
     dataset = prompts(client)
     r = client.post("/admin/v1/align", json={"principle": "Be kind.", "prompts": dataset,
@@ -106,6 +115,8 @@ def test_cli_request_body() -> None:
     assert body == {"alpha": 1.0, "name": "s1", "objective": "dpo", "count": 200,
                     "deploy": True, "principle": "Refuse harm.", "prompts": "ds-1",
                     "hyperparameters": {"max_steps": 5}, "gate": None}
+    args = p.parse_args(["--rpo-alpha", "0.1"])
+    assert request_body(args, None)["rpo_alpha"] == 0.1
 
 
 def _follow(events: list[dict[str, object]], status: str) -> tuple[int, list[str]]:
