@@ -45,8 +45,7 @@ class AlignRequest(BaseModel):
     objective: Literal["dpo", "ulma", "pointwise_dpo", "sft"] = "dpo"
     rpo_alpha: float | None = Field(
         default=None, ge=0.0, le=100.0,
-        description="Chosen-answer NLL weight with 'dpo' (none by default: docs/alignment.md; "
-        "the other objectives ignore it).")
+        description="Chosen-answer NLL weight, 'dpo' only (none by default: docs/alignment.md).")
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     lora: dict[str, Any] | None = None
     seed: int = Field(default=0, ge=0, le=2**31)
@@ -73,8 +72,7 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
 def job_spec(req: AlignRequest, dataset: str) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "method": "align", "dataset": dataset, "alpha": req.alpha, "objective": req.objective,
-        "rpo_alpha": req.rpo_alpha if req.objective == "dpo" else None,
-        "lora": req.lora or DEFAULT_LORA,
+        "rpo_alpha": req.rpo_alpha, "lora": req.lora or DEFAULT_LORA,
         "synthesis": {"max_tokens": req.max_tokens},
         "hyperparameters": {**DEFAULT_HYPERPARAMETERS, "seed": req.seed,
                             **req.hyperparameters},
@@ -99,6 +97,9 @@ async def align(request: Request, _: AdminScope, training: Training) -> dict[str
         raise InvalidRequestError(f"{param}: {first['msg']}", param=param) from None
     if req.principle is not None and req.preset is not None:
         raise InvalidRequestError("give 'principle' or 'preset', not both", param="principle")
+    if req.rpo_alpha is not None and req.objective != "dpo":
+        raise InvalidRequestError(f"rpo_alpha applies to objective 'dpo' only, not "
+                                  f"{req.objective!r}", param="rpo_alpha")
     presets = request.app.state.presets
     if req.preset is not None and req.preset not in presets.names():
         raise InvalidRequestError(f"unknown preset {req.preset!r}; valid: "

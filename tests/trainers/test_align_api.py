@@ -58,13 +58,17 @@ def test_align_queues_one_job_with_engine_deploy_and_gate(client: TestClient) ->
     assert deploy["gate"]["max_over_refusal"] == 0.10 and deploy["gate"]["not_worse_than_live"]
 
 
-def test_align_chosen_nll_is_passed_to_dpo_only(client: TestClient) -> None:
+def test_align_chosen_nll_is_for_dpo_only(client: TestClient) -> None:
     dataset = prompts(client)
     for body, expected in (({"rpo_alpha": 0.1}, 0.1), ({"rpo_alpha": None}, None),
-                           ({"objective": "ulma", "rpo_alpha": 0.1}, None)):
+                           ({"objective": "ulma"}, None)):
         r = client.post("/admin/v1/align", json={"prompts": dataset, **body})
         assert r.status_code == 200, r.text
         assert r.json()["config"]["rpo_alpha"] == expected, body
+    r = client.post("/admin/v1/align", json={"prompts": dataset, "objective": "ulma",
+                                             "rpo_alpha": 0.1})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "rpo_alpha" and "dpo" in r.json()["error"]["message"]
 
 
 def test_align_without_deploy_or_gate(client: TestClient) -> None:
