@@ -31,6 +31,9 @@ class LoraSpec(Strict):
     )
 
 
+GATE_OFFSET = 60
+
+
 class GateSpec(Strict):
     """Evaluation before a checkpoint goes live: the server deploys it staged (not routable),
     answers dev prompts no training used through the engine, and refuses it with the numbers when
@@ -41,6 +44,13 @@ class GateSpec(Strict):
         description="Evaluation suites (server.evaluation.suites), dev prompts only.",
     )
     limit: int = Field(default=40, ge=1, le=1000, description="Prompts per suite.")
+    # Reports (docs/alignment.md: the first 60; `alignserve eval`: the first 40) read the
+    # suites from the start; a gate that chose on those prompts would flatter its own report.
+    offset: int = Field(
+        default=GATE_OFFSET, ge=0, le=10_000,
+        description="Skip each suite's first prompts: the gate validates on prompts the "
+        "reported evaluation does not read.",
+    )
     max_tokens: int = Field(default=64, ge=1, le=1024)
     min_harmful_refusal: float | None = Field(default=None, ge=0.0, le=1.0)
     max_over_refusal: float | None = Field(
@@ -394,6 +404,13 @@ class AlignSpec(_Base):
             raise ValueError("align takes 'principle' or 'preset', not both")
         if self.principle is None and self.preset is None:
             self.preset = "harmless"
+        return self
+
+    @model_validator(mode="after")
+    def _nll_with_dpo(self) -> AlignSpec:
+        # Silently dropping it would train something other than what was asked for.
+        if self.rpo_alpha is not None and self.objective != "dpo":
+            raise ValueError(f"rpo_alpha applies to objective 'dpo' only, not {self.objective!r}")
         return self
 
     def alignment(self) -> dict[str, Any]:

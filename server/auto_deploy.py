@@ -104,7 +104,8 @@ class AutoDeployer:
             await asyncio.to_thread(
                 self.training.store.add_event, job_id,
                 f"evaluation gate: {label} answers {', '.join(spec.suites)} "
-                f"({spec.limit} prompts each)" + (f" next to {live}" if live else ""),
+                f"({spec.limit} prompts each, from prompt {spec.offset + 1})"
+                + (f" next to {live}" if live else ""),
                 data={"stage": "gate", "status": "running"})
             result = await self._evaluation.run(spec, label, live)
             message = (f"evaluation gate passed: {label}" if result.passed else

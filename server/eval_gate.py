@@ -1,8 +1,9 @@
 """The evaluation gate: a staged version answers dev prompts before it may go live.
 
 A job's ``deploy.gate`` (``contracts.specs.GateSpec``) names suites and bounds. While the new
-version is staged (loaded, smoke-tested, not routable), it answers the first ``limit`` prompts of
-each suite greedily through the engine; the refusal detector of ``alignserve eval`` scores them.
+version is staged (loaded, smoke-tested, not routable), it answers ``limit`` prompts of each
+suite, from prompt ``offset`` on (past those the reported evaluations read), greedily through
+the engine; the refusal detector of ``alignserve eval`` scores them.
 A bound that fails refuses the version with the numbers, and what was live keeps serving. With
 ``not_worse_than_live``, the version live under the same name answers the same prompts too.
 
@@ -92,8 +93,13 @@ class EvaluationGate:
         return self._detector
 
     async def run(self, gate: GateSpec, version: str, live_version: str | None) -> GateResult:
-        items = {s: await asyncio.to_thread(load_suite, s, self.home, gate.limit)
+        items = {s: await asyncio.to_thread(load_suite, s, self.home, gate.limit, None,
+                                            gate.offset)
                  for s in gate.suites}
+        empty = [s for s, suite_items in items.items() if not suite_items]
+        if empty:
+            raise ValueError(f"gate suites {', '.join(empty)} have no prompts past their first "
+                             f"{gate.offset}: lower deploy.gate.offset")
         rates = await self.rates(version, items, gate.max_tokens)
         live = None
         if gate.not_worse_than_live and live_version is not None:

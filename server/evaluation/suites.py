@@ -167,12 +167,13 @@ SUITES.register("benign_sensitive", Suite(
 
 
 def load_suite(
-    name: str, home: Path, limit: int, progress: ProgressFn | None = None
+    name: str, home: Path, limit: int, progress: ProgressFn | None = None, offset: int = 0
 ) -> list[EvalItem]:
-    """The first ``limit`` items of suite ``name``, pulling its datasets when missing."""
+    """Items ``offset`` to ``offset + limit`` of suite ``name`` (fewer where the suite ends),
+    pulling its datasets when missing."""
     suite = SUITES.get(name)
     paths = pull_datasets(home, names=suite.datasets, progress=progress) if suite.datasets else {}
-    return suite.load(paths, limit)
+    return suite.load(paths, offset + limit)[offset:]
 
 
 def parse_suite_spec(spec: str, default_limit: int) -> tuple[str, int]:

@@ -135,6 +135,8 @@ def test_benign_sensitive_suite_is_dev_benign_and_prefix_stable(tmp_path: Path) 
     assert suite.datasets == () and not suite.harmful
     # Shipped in the package: no pull, nothing written under home.
     assert suites.load_suite("benign_sensitive", tmp_path, 5) == items[:5]
+    assert suites.load_suite("benign_sensitive", tmp_path, 5, offset=60) == items[60:65]
+    assert suites.load_suite("benign_sensitive", tmp_path, 40, offset=len(items) - 2) == items[-2:]
     assert list(tmp_path.iterdir()) == []
     assert parse_suite_spec("benign_sensitive:40", 10) == ("benign_sensitive", 40)
 

@@ -69,6 +69,14 @@ def test_align_chosen_nll_is_for_dpo_only(client: TestClient) -> None:
                                              "rpo_alpha": 0.1})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "rpo_alpha" and "dpo" in r.json()["error"]["message"]
+    # The contract holds the rule, so a job submitted directly is refused the same way.
+    r = client.post("/admin/v1/jobs", json={"method": "align", "dataset": dataset,
+                                            "objective": "sft", "rpo_alpha": 0.1})
+    assert r.status_code == 400, r.text
+    assert "rpo_alpha applies to objective 'dpo' only" in r.json()["error"]["message"]
+    r = client.post("/admin/v1/jobs", json={"method": "align", "dataset": dataset,
+                                            "rpo_alpha": 0.1})
+    assert r.status_code == 200, r.text
 
 
 def test_align_without_deploy_or_gate(client: TestClient) -> None:

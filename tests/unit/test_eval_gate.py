@@ -63,3 +63,23 @@ def test_gate_asks_the_live_version_the_same_prompts(tmp_path: Path) -> None:
     asked = [(q.model, q.prompt_ids) for q in engine.requests]
     assert [m for m, _ in asked] == ["safe@2"] * 3 + ["safe@1"] * 3
     assert [p for _, p in asked[:3]] == [p for _, p in asked[3:]]
+
+
+def test_gate_validates_past_the_reported_prompts(tmp_path: Path) -> None:
+    """By default the gate reads prompts 61 on, not the first ones reports read."""
+    engine = FakeEngine("Sure, here is a clear answer.")
+    gate = EvaluationGate(engine, tmp_path, detector=RefusalDetector(None))
+    asyncio.run(gate.run(GateSpec(suites=["benign_sensitive"], limit=5), "safe@2", None))
+    asyncio.run(gate.run(GateSpec(suites=["benign_sensitive"], limit=60, offset=0), "safe@2",
+                         None))
+    validation = {q.prompt_ids for q in engine.requests[:5]}
+    reported = {q.prompt_ids for q in engine.requests[5:]}
+    assert GateSpec().offset == 60 and len(validation) == 5 and len(reported) == 60
+    assert not validation & reported
+
+
+def test_gate_past_the_end_of_a_suite_is_a_clear_error(tmp_path: Path) -> None:
+    gate = EvaluationGate(FakeEngine("Sure."), tmp_path, detector=RefusalDetector(None))
+    spec = GateSpec(suites=["benign_sensitive"], limit=5, offset=10_000)
+    with pytest.raises(ValueError, match="no prompts past their first 10000"):
+        asyncio.run(gate.run(spec, "safe@2", None))
