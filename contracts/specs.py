@@ -369,6 +369,9 @@ class RewardModelSpec(_Base):
 # Requests in flight when synthesising through the engine: vLLM batches them. On the 2-core
 # CPU, 64 in flight answered 3.2x faster than transformers (median of 3), 16 only 1.9x.
 SYNTHESIS_CONCURRENCY = 64
+MAX_ATTEMPTS = 5
+# Job ids name folders (<home>/jobs/<id>): no '/', never '.' or '..'.
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
 
 class SynthesisSpec(Strict):
@@ -397,6 +400,14 @@ class AlignSpec(_Base):
     max_prompts: int = Field(default=1000, ge=1, le=100_000)
     synthesis: SynthesisSpec = Field(default_factory=SynthesisSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
+    answers_from: str | None = Field(
+        default=None, pattern=JOB_ID_PATTERN, description="An earlier align job whose "
+        "synthesis answers to reuse (matched by prompt; the rest are asked).")
+    attempts: int = Field(
+        default=1, ge=1, le=MAX_ATTEMPTS, description="Trainings in all: when the gate refuses "
+        "the adapter, the server trains the same answers again with the next seed.")
+    attempt: int = Field(default=1, ge=1, le=MAX_ATTEMPTS,
+                         description="Which of the attempts this job is (the server counts).")
 
     @model_validator(mode="after")
     def _one_source(self) -> AlignSpec:
@@ -411,6 +422,15 @@ class AlignSpec(_Base):
         # Silently dropping it would train something other than what was asked for.
         if self.rpo_alpha is not None and self.objective != "dpo":
             raise ValueError(f"rpo_alpha applies to objective 'dpo' only, not {self.objective!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _attempts_need_a_gate(self) -> AlignSpec:
+        if self.attempts > 1 and (self.deploy is None or self.deploy.gate is None):
+            raise ValueError("attempts > 1 retrains when the evaluation gate refuses the "
+                             "adapter: give deploy.gate")
+        if self.attempt > self.attempts:
+            raise ValueError(f"attempt {self.attempt} is past attempts {self.attempts}")
         return self
 
     def alignment(self) -> dict[str, Any]:

@@ -37,6 +37,9 @@ def add_align_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rpo-alpha", type=float, default=None,
                    help="Chosen-answer NLL weight with dpo (default: none, plain DPO).")
     p.add_argument("--steps", type=int, default=None, help="Training steps (default 240).")
+    p.add_argument("--attempts", type=int, default=None,
+                   help="Trainings in all: a gate refusal trains the same answers again with "
+                   "the next seed (default 1).")
     p.add_argument("--no-gate", action="store_true", help="Deploy without the evaluation gate.")
     p.add_argument("--no-deploy", action="store_true", help="Train only.")
     p.add_argument("--base-url", default=DEFAULT_BASE_URL)
@@ -59,6 +62,8 @@ def request_body(args: argparse.Namespace, dataset: str | None) -> dict[str, Any
         body["rpo_alpha"] = args.rpo_alpha
     if args.steps is not None:
         body["hyperparameters"] = {"max_steps": args.steps}
+    if args.attempts is not None:
+        body["attempts"] = args.attempts
     if args.no_gate:
         body["gate"] = None
     return body
@@ -78,8 +83,9 @@ def _check(r: httpx.Response) -> dict[str, Any]:
 def follow(client: httpx.Client, job_id: str, say: ProgressFn, timeout_s: float,
            wants_deploy: bool, sleep: Callable[[float], None] = time.sleep) -> int:
     """Print the job's events until it ends and, when it deploys, until the deployment's
-    outcome is known. Exit status: 0 live (or trained, without deploy), 1 otherwise."""
-    after, deadline = 0, time.monotonic() + timeout_s
+    outcome is known; a refused attempt with another one after it hands over to that job.
+    Exit status: 0 live (or trained, without deploy), 1 otherwise."""
+    after, deadline, next_job = 0, time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
         job = _check(client.get(f"/admin/v1/jobs/{job_id}"))
         with client.stream("GET", f"/admin/v1/jobs/{job_id}/events",
@@ -91,8 +97,17 @@ def follow(client: httpx.Client, job_id: str, say: ProgressFn, timeout_s: float,
                 after = event["id"]
                 say(f"[{event['level']}] {event['message']}")
                 data = event.get("data") or {}
+                next_job = data.get("next_job") or next_job
                 if data.get("deployment") and data.get("status") in ("live", "failed"):
-                    return 0 if data["status"] == "live" else 1  # the auto-deployer's outcome
+                    if data["status"] == "live":
+                        return 0  # the auto-deployer's outcome
+                    if next_job is None:
+                        return 1
+                    break
+        if next_job is not None:
+            say(f"following the next attempt: job {next_job}")
+            job_id, after, next_job = str(next_job), 0, None
+            continue
         if job["status"] in ("failed", "cancelled"):
             say(f"job {job_id} {job['status']}: {job.get('error')}")
             return 1

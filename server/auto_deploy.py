@@ -14,7 +14,9 @@ The outcome is written to the job's events (data ``{"deployment": name, "status"
 
 A deploy request with a ``gate`` (``contracts.specs.GateSpec``) is evaluated on the staged
 adapter before it goes live (``server.eval_gate``); a refusal is recorded like any failed
-deployment, with the numbers, and what was live keeps serving.
+deployment, with the numbers, and what was live keeps serving. An align job refused with
+attempts left is followed by its next attempt (``server.align_retry``); the refused job's events
+name it (data ``{"stage": "attempt", "next_job": ...}``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import asyncio
 import logging
 from typing import Any
 
+from contracts.records import Job
 from contracts.specs import GateSpec
+from server.align_retry import attempt_of, next_attempt_id, retry_refused
 from server.deploy_service import DeploymentService, DeployMode
 from server.engine.deployer import StagedCheck
 from server.errors import ServiceUnavailableError
@@ -67,13 +71,15 @@ class AutoDeployer:
             assert job.checkpoint_id is not None
             request = job.config["deploy"]
             if job.checkpoint_id in done:
+                self._attempted.add(job.checkpoint_id)
+                await asyncio.to_thread(self._catch_up_attempt, job)
                 continue
             self._attempted.add(job.checkpoint_id)
             full = (request.get("mode") or job.config.get("finetuning")) == "full"
             mode: DeployMode = "full" if full else "adapter"
             logger.info("job %s succeeded: deploying %s as %s (%s)", job.id,
                         job.checkpoint_id, request["name"], mode)
-            check = self._gate(job.id, request) if request.get("gate") else None
+            check = self._gate(job, request) if request.get("gate") else None
             try:
                 record = await self.deployments.deploy_once(
                     job.checkpoint_id, request["name"], mode, check=check)
@@ -91,10 +97,11 @@ class AutoDeployer:
                 results.append(record)
         return results
 
-    def _gate(self, job_id: str, request: dict[str, Any]) -> StagedCheck:
+    def _gate(self, job: Job, request: dict[str, Any]) -> StagedCheck:
         """The job's evaluation gate on the staged version; its numbers go to the job's events
-        and the checkpoint's record either way."""
-        spec, name = GateSpec.model_validate(request["gate"]), request["name"]
+        and the checkpoint's record either way. A refused align job with attempts left is
+        followed by its next attempt (``server.align_retry``)."""
+        spec, name, job_id = GateSpec.model_validate(request["gate"]), request["name"], job.id
 
         async def check(label: str) -> None:
             if self._evaluation is None:
@@ -116,9 +123,37 @@ class AutoDeployer:
                 data={"stage": "gate", "status": "passed" if result.passed else "refused",
                       **result.as_dict()})
             if not result.passed:
+                await asyncio.to_thread(self._next_attempt, job)
                 raise GateFailed(result)
 
         return check
+
+    def _catch_up_attempt(self, job: Job) -> None:
+        """After a restart: a job refused by the gate whose next attempt was never made (the
+        server stopped in between) gets it now."""
+        attempt, attempts = attempt_of(job.config or {})
+        if attempt >= attempts or self.training.store.get_job(next_attempt_id(job.id, attempt)):
+            return
+        refused = any((e.data or {}).get("stage") == "gate"
+                      and (e.data or {}).get("status") == "refused"
+                      for e in self.training.store.events(job.id))
+        if refused:
+            self._next_attempt(job)
+
+    def _next_attempt(self, job: Job) -> None:
+        attempt, attempts = attempt_of(job.config or {})
+        following = retry_refused(self.training, job)
+        if following is None:
+            if attempts > 1:
+                self.training.store.add_event(
+                    job.id, f"no attempt left ({attempt} of {attempts} made)", level="error",
+                    data={"stage": "attempt", "attempt": attempt, "attempts": attempts})
+            return
+        self.training.store.add_event(
+            job.id, f"attempt {attempt + 1} of {attempts}: job {following.id} trains the same "
+            "answers again with the next seed",
+            data={"stage": "attempt", "attempt": attempt + 1, "attempts": attempts,
+                  "next_job": following.id})
 
     def _record(self, job_id: str, record: dict[str, Any]) -> None:
         name, live = record["name"], record["status"] == "live"

@@ -201,6 +201,7 @@ class TrainingService:
             spec.model = self.base_model
         if isinstance(spec, AlignSpec):
             self._fill_engine(spec)
+            self._check_answers_source(spec)
         elif (isinstance(spec, RDPOSpec | AfDSpec | LDAlignSpec) and spec.engine is None
               and self.engine_url and self.served_name and spec.model == self.base_model):
             # rDPO's self-critique, AfD's initial samples and LD-Align's first answers sample
@@ -223,6 +224,14 @@ class TrainingService:
                 f"{self.max_lora_rank}, so the adapter could not go live; lower lora.r, deploy "
                 f"with mode 'full', or serve with ALIGNSERVE_MAX_LORA_RANK={spec.lora.r}",
                 param="lora.r", code="invalid_job")
+
+    def _check_answers_source(self, spec: AlignSpec) -> None:
+        if spec.answers_from is None:
+            return
+        source = self.store.get_job(spec.answers_from)
+        if source is None or source.method != "align":
+            raise InvalidRequestError(f"answers_from: {spec.answers_from!r} is not an align job",
+                                      param="answers_from", code="invalid_job")
 
     def _fill_engine(self, spec: AlignSpec) -> None:
         """An ``align`` job generates through this server's engine unless it names another."""

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contracts.specs import GateSpec
+from contracts.specs import MAX_ATTEMPTS, GateSpec
 from server.api.admin_jobs import Training, json_body
 from server.api.deps import AdminScope
 from server.errors import InvalidRequestError
@@ -50,6 +50,12 @@ class AlignRequest(BaseModel):
     lora: dict[str, Any] | None = None
     seed: int = Field(default=0, ge=0, le=2**31)
     max_tokens: int = Field(default=96, ge=8, le=1024, description="Answer length in synthesis.")
+    attempts: int = Field(
+        default=1, ge=1, le=MAX_ATTEMPTS, description="Trainings in all: when the gate refuses "
+        "the adapter, train the same answers again with the next seed (needs the gate).")
+    answers_from: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="Reuse the synthesis answers of this earlier align job.")
 
 
 # The ablation's choice (docs/alignment.md): plain DPO (no chosen-NLL), 240 steps of 4 pairs at
@@ -73,7 +79,8 @@ def job_spec(req: AlignRequest, dataset: str) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "method": "align", "dataset": dataset, "alpha": req.alpha, "objective": req.objective,
         "rpo_alpha": req.rpo_alpha, "lora": req.lora or DEFAULT_LORA,
-        "synthesis": {"max_tokens": req.max_tokens},
+        "synthesis": {"max_tokens": req.max_tokens}, "attempts": req.attempts,
+        "answers_from": req.answers_from,
         "hyperparameters": {**DEFAULT_HYPERPARAMETERS, "seed": req.seed,
                             **req.hyperparameters},
     }
@@ -97,6 +104,9 @@ async def align(request: Request, _: AdminScope, training: Training) -> dict[str
         raise InvalidRequestError(f"{param}: {first['msg']}", param=param) from None
     if req.principle is not None and req.preset is not None:
         raise InvalidRequestError("give 'principle' or 'preset', not both", param="principle")
+    if req.attempts > 1 and (req.gate is None or not req.deploy):
+        raise InvalidRequestError("attempts > 1 retrains when the evaluation gate refuses the "
+                                  "adapter: keep the gate and deploy", param="attempts")
     if req.rpo_alpha is not None and req.objective != "dpo":
         raise InvalidRequestError(f"rpo_alpha applies to objective 'dpo' only, not "
                                   f"{req.objective!r}", param="rpo_alpha")

@@ -1,6 +1,7 @@
 """The alignment loop end to end at a tiny size, on the real engine: POST /admin/v1/align ->
 principle distillation through the server's own OpenAI API (a worker started by the server) ->
-DPO + chosen NLL on the pairs -> the evaluation gate on the staged adapter -> live."""
+DPO on the pairs -> the evaluation gate on the staged adapter -> live; then a
+second job trains on the first one's answers (``answers_from``) without asking the engine."""
 
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def test_align_loop_goes_live(alignserve_home: Path, default_model: Path, tmp_pa
         r = admin.post("/admin/v1/datasets", files={"file": ("p.jsonl", data)},
                        data={"format": "prompts"})
         assert r.status_code == 200, r.text
+        dataset = r.json()["id"]
         r = admin.post("/admin/v1/align", json={
-            "preset": "harmless", "prompts": r.json()["id"], "name": "aligned-tiny",
+            "preset": "harmless", "prompts": dataset, "name": "aligned-tiny",
             "max_tokens": 24,
             "hyperparameters": {"max_steps": 2, "batch_size": 2, "max_length": 160,
                                 "max_prompt_length": 96},
@@ -72,6 +74,22 @@ def test_align_loop_goes_live(alignserve_home: Path, default_model: Path, tmp_pa
                                  "messages": [{"role": "user", "content": "Hello!"}]})
         assert reply.status_code == 200, reply.text
         assert reply.json()["model"].startswith("aligned-tiny")
+        # Another objective on the same answers: the engine is not asked again.
+        r = admin.post("/admin/v1/align", json={
+            "preset": "harmless", "prompts": dataset, "answers_from": job_id,
+            "objective": "sft", "deploy": False, "max_tokens": 24,
+            "hyperparameters": {"max_steps": 1, "batch_size": 2, "max_length": 160,
+                                "max_prompt_length": 96}})
+        assert r.status_code == 200, r.text
+        again = r.json()["id"]
+        while admin.get(f"/admin/v1/jobs/{again}").json()["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline + 300, "the second job did not finish"
+            time.sleep(2)
+        assert admin.get(f"/admin/v1/jobs/{again}").json()["status"] == "succeeded"
+        reused = [e["message"] for e in events(admin, again)
+                  if f"4 answered by job {job_id}" in e["message"]]
+        again_pairs = [e["data"] for e in events(admin, again) if "pairs" in (e.get("data") or {})]
+        assert reused and again_pairs[-1]["pairs"] == synthesis[-1]["pairs"]
     finally:
         admin.close()
         server.stop()

@@ -165,6 +165,59 @@ def test_cli_follows_until_the_deployment_outcome() -> None:
     assert _follow(refused, "succeeded")[0] == 1
 
 
+def test_cli_follows_a_refused_attempt_into_the_next() -> None:
+    import json as _json
+
+    import httpx
+
+    from server.align_command import follow
+
+    events = {
+        "job-1": [{"id": 1, "level": "error", "message": "evaluation gate refused safe@1",
+                   "data": {"stage": "gate", "status": "refused"}},
+                  {"id": 2, "level": "info", "message": "attempt 2 of 2: job job-1-try2 ...",
+                   "data": {"stage": "attempt", "next_job": "job-1-try2"}},
+                  {"id": 3, "level": "error", "message": "deploying safe failed: gate",
+                   "data": {"deployment": "safe", "status": "failed"}}],
+        "job-1-try2": [{"id": 1, "level": "info", "message": "safe is live",
+                        "data": {"deployment": "safe", "status": "live"}}],
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        job = request.url.path.split("/")[4]
+        if request.url.path.endswith("/events"):
+            body = "".join(f"data: {_json.dumps(e)}\n\n" for e in events[job])
+            return httpx.Response(200, text=body + "data: [DONE]\n\n",
+                                  headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json={"id": job, "status": "succeeded"})
+
+    said: list[str] = []
+    with httpx.Client(base_url="http://s", transport=httpx.MockTransport(answer)) as client:
+        code = follow(client, "job-1", said.append, 5.0, True, sleep=lambda s: None)
+    assert code == 0
+    assert said[-2:] == ["following the next attempt: job job-1-try2", "[info] safe is live"]
+    p = argparse.ArgumentParser()
+    add_align_arguments(p)
+    assert request_body(p.parse_args(["--attempts", "3"]), None)["attempts"] == 3
+
+
+def test_align_attempts_need_the_gate_and_answers_from_an_align_job(client: TestClient) -> None:
+    dataset = prompts(client)
+    r = client.post("/admin/v1/align", json={"prompts": dataset, "attempts": 3})
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["config"]["attempts"] == 3 and first["config"]["attempt"] == 1
+    for body in ({"gate": None}, {"deploy": False}):
+        r = client.post("/admin/v1/align", json={"prompts": dataset, "attempts": 2, **body})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "attempts", r.text
+    r = client.post("/admin/v1/align", json={"prompts": dataset, "answers_from": first["id"]})
+    assert r.status_code == 200 and r.json()["config"]["answers_from"] == first["id"], r.text
+    other = client.post("/admin/v1/jobs", json={"method": "rdpo", "dataset": dataset}).json()
+    for source in ("job-missing", other["id"], "../x"):
+        r = client.post("/admin/v1/align", json={"prompts": dataset, "answers_from": source})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "answers_from", r.text
+
+
 def test_cli_reports_a_failed_job() -> None:
     code, said = _follow([], "failed")
     assert code == 1 and said == ["job job-1 failed: boom"]

@@ -66,15 +66,16 @@ class Control:
 
 
 def run_distil(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-               n: int = 6) -> tuple[dict[str, Any], Control]:
+               n: int = 6, job: str = "work",
+               answers_from: str | None = None) -> tuple[dict[str, Any], Control]:
     spec = parse_spec({"method": "align", "dataset": "d", "preset": "harmless",
                        "engine": {"base_url": engine.url, "model": "m"},
-                       "synthesis": {"concurrency": 3}})
+                       "synthesis": {"concurrency": 3}, "answers_from": answers_from})
     # No waiting between retries in a test; everything else is the product's client.
     monkeypatch.setattr(align, "engine_client",
                         lambda s: EngineClient(engine.url, "m", retries=2, backoff_s=0.0))
     control = Control()
-    ctx = SimpleNamespace(control=control, work_dir=tmp_path / "work")
+    ctx = SimpleNamespace(control=control, work_dir=tmp_path / job)
     records = [{"messages": user(f"p{i}"), "kind": "benign" if i % 2 else "harmful"}
                for i in range(n)]
     return align.distil(ctx, spec, records), control  # type: ignore[arg-type]
@@ -160,3 +161,20 @@ def test_a_worker_gives_a_transient_failure_back_until_its_attempts_run_out(
     worker.run_forever(max_jobs=1)
     job = store.get_job(job_id)
     assert job is not None and job.status == "failed" and "after 2 attempts" in (job.error or "")
+
+
+def test_answers_from_another_job_are_not_asked_again(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry after a refused gate trains on the first job's answers: no engine call for them,
+    only for prompts that job never had."""
+    first, _ = run_distil(engine, tmp_path, monkeypatch, n=4, job="job-a")
+    engine.requests.clear()
+    again, control = run_distil(engine, tmp_path, monkeypatch, n=5, job="job-b",
+                                answers_from="job-a")
+    assert sorted(engine.asked) == ["p4", "p4", "p4"]
+    assert again["pairs"][:len(first["pairs"])] == first["pairs"]
+    assert any("4 answered by job job-a" in e for e in control.events)
+    assert (tmp_path / "job-a" / align.ANSWERS_FILE).read_text().count("\n") == 4  # untouched
+    with pytest.raises(align.AlignDataError, match="job job-x kept no synthesis answers"):
+        run_distil(engine, tmp_path, monkeypatch, job="job-c", answers_from="job-x")

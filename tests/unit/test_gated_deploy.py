@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from contracts.checkpoints import base_model_identity
 from contracts.records import CheckpointRecord
+from contracts.specs import parse_spec
 from contracts.store import Store
 from server.auto_deploy import AutoDeployer
 from server.eval_gate import EvaluationGate
@@ -27,6 +30,12 @@ def finished_job(db: Store, root: Path, cid: str, gate: dict[str, object] | None
     config = {"method": "dpo", "dataset": "ds", "deploy": {"name": "safe", "mode": "adapter",
                                                           "gate": gate}}
     job = db.create_job("dpo", config, 1)
+    return finish(db, root, job.id, cid)
+
+
+def finish(db: Store, root: Path, job_id: str, cid: str) -> str:
+    job = db.get_job(job_id)
+    assert job is not None
     claimed = db.claim("w", 30)
     assert claimed is not None and claimed.id == job.id
     folder = checkpoint(root, cid)
@@ -81,3 +90,62 @@ def test_no_gate_deploys_without_asking(home: Path, store: Store) -> None:  # no
     assert [r["status"] for r in asyncio.run(auto.deploy_finished())] == ["live"]
     assert replica.engine.requests == []
     assert training.checkpoint_views()[0]["gate"] is None
+
+
+def test_a_refused_align_job_trains_again_with_the_next_seed(home: Path, store: Store) -> None:  # noqa: F811
+    replica = Replica(home, store, "r1")
+    training = TrainingService(store, home)
+    auto = deployer_for(replica, training)
+    replica.engine.reply = REFUSAL  # every attempt over-refuses: the gate refuses each
+    dataset = training.upload(b'{"prompt": "hi", "kind": "benign"}\n', "prompts", "p.jsonl").id
+    spec = parse_spec({"method": "align", "dataset": dataset, "model": str(home / "models"),
+                       "engine": {"base_url": "http://127.0.0.1:9", "model": "m"},
+                       "hyperparameters": {"seed": 3}, "attempts": 2,
+                       "deploy": {"name": "safe", "mode": "adapter", "gate": GATE}})
+    first = training.create_job(spec.model_dump(mode="json")).id
+    finish(store, home, first, "ckpt-try1")
+    assert [r["status"] for r in asyncio.run(auto.deploy_finished())] == ["failed"]
+    second = store.get_job(f"{first}-try2")
+    assert second is not None and second.status == "queued"
+    assert second.config["attempt"] == 2 and second.config["answers_from"] == first
+    assert second.config["hyperparameters"]["seed"] == 4
+    assert second.config["deploy"]["gate"] == store.get_job(first).config["deploy"]["gate"]
+    told = [e.data for e in store.events(first) if (e.data or {}).get("stage") == "attempt"]
+    assert told == [{"stage": "attempt", "attempt": 2, "attempts": 2, "next_job": second.id}]
+    assert any("refused by the evaluation gate" in e.message for e in store.events(second.id))
+    # A restarted server finds the attempt made: it makes no second one.
+    asyncio.run(deployer_for(replica, training).deploy_finished())
+    assert [j.id for j in training.jobs() if j.id.startswith(first)] == [second.id, first]
+    # The last attempt refused too: nothing more is made, and the job says so.
+    finish(store, home, second.id, "ckpt-try2")
+    assert [r["status"] for r in asyncio.run(auto.deploy_finished())] == ["failed"]
+    assert store.get_job(f"{first}-try3") is None
+    assert any("no attempt left (2 of 2 made)" in e.message for e in store.events(second.id))
+    assert replica.deployer.aliases == {}
+
+
+def test_a_server_stopped_after_the_refusal_makes_the_attempt_on_restart(
+    home: Path, store: Store, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    replica = Replica(home, store, "r1")
+    training = TrainingService(store, home)
+    replica.engine.reply = REFUSAL
+    dataset = training.upload(b'{"prompt": "hi", "kind": "benign"}\n', "prompts", "p.jsonl").id
+    spec = parse_spec({"method": "align", "dataset": dataset, "model": str(home / "models"),
+                       "engine": {"base_url": "http://127.0.0.1:9", "model": "m"},
+                       "attempts": 3, "deploy": {"name": "safe", "mode": "adapter",
+                                                 "gate": GATE}})
+    first = training.create_job(spec.model_dump(mode="json")).id
+    finish(store, home, first, "ckpt-try1")
+
+    def stopped(*_: object) -> None:
+        raise SystemExit("the server stopped")
+
+    monkeypatch.setattr("server.auto_deploy.retry_refused", stopped)
+    with pytest.raises(SystemExit):
+        asyncio.run(deployer_for(replica, training).deploy_finished())
+    assert store.get_job(f"{first}-try2") is None
+    monkeypatch.undo()
+    asyncio.run(deployer_for(replica, training).deploy_finished())
+    made = store.get_job(f"{first}-try2")
+    assert made is not None and made.config["attempt"] == 2 and made.config["attempts"] == 3

@@ -4,7 +4,9 @@ The first stage's ``prepare`` generates the data through the serving engine
 (``trainers.distill``) and caches it in the job's work dir, so a resumed job trains on the same
 pairs and never generates twice. Each prompt's answers are kept as they arrive
 (``align-answers.jsonl``): a job stopped, or given back because the engine failed for a while,
-asks only the rest. The objective then trains on the data: DPO (the default; ``rpo_alpha`` adds
+asks only the rest. A job with ``answers_from`` starts from another align job's kept answers
+(the server's retries after a refused gate do), so only prompts that job never answered are
+asked. The objective then trains on the data: DPO (the default; ``rpo_alpha`` adds
 the chosen-answer NLL), point-wise DPO / ULMA on the derived labels, or SFT on the chosen
 answers.
 """
@@ -15,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +91,21 @@ def kept_answers(path: Path, items: list[PromptItem]) -> dict[int, Answers]:
     return kept
 
 
+def reuse_answers(work_dir: Path, job_id: str, answers_path: Path) -> None:
+    """Start from the answers job ``job_id`` kept (its work dir is a sibling: the home is shared
+    by every worker host). Once: a resumed job already has its own copy, and more."""
+    if answers_path.exists():
+        return
+    source = work_dir.parent / job_id / ANSWERS_FILE
+    if not source.is_file():
+        raise AlignDataError(f"answers_from: job {job_id} kept no synthesis answers (no "
+                             f"{ANSWERS_FILE} in its work dir)")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    partial = answers_path.with_suffix(".copying")
+    shutil.copyfile(source, partial)
+    partial.replace(answers_path)
+
+
 def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, Any]:
     items = prompt_items(records, spec.max_prompts)
     engine = engine_client(spec)
@@ -95,6 +113,8 @@ def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, An
                           spec.synthesis.temperature, spec.hyperparameters.seed,
                           spec.synthesis.concurrency)
     answers_path = ctx.work_dir / ANSWERS_FILE
+    if spec.answers_from is not None:
+        reuse_answers(ctx.work_dir, spec.answers_from, answers_path)
     kept = kept_answers(answers_path, items)
     last = [0.0]
 
@@ -107,7 +127,8 @@ def distil(ctx: TrainContext, spec: AlignSpec, records: Records) -> dict[str, An
                               {"stage": "synthesis", "done": done, "total": total})
 
     started = time.monotonic()
-    resumed = f", {len(kept)} answered by an earlier attempt" if kept else ""
+    earlier = f"job {spec.answers_from}" if spec.answers_from else "an earlier attempt"
+    resumed = f", {len(kept)} answered by {earlier}" if kept else ""
     ctx.control.event(f"synthesis: {len(items)} prompts through {engine.base_url}{resumed}",
                       {"stage": "synthesis", "total": len(items), "kept": len(kept)})
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
