@@ -18,7 +18,7 @@ USER = "bench-user"
 
 
 def helpfulness(base_url: str, home: Path, output: Path, reward: str, limit: int,
-                keys: dict[str, str]) -> dict[str, dict[str, float]]:
+                keys: dict[str, str], offset: int = 0) -> dict[str, dict[str, float]]:
     """Each configuration's ordinary (``helpful``) answers against the base model's on the same
     prompts, by the helpfulness reward model: the mean reward, and the share of prompts where
     the configuration's answer scores at least the base's (0.5: as helpful as the base).
@@ -26,7 +26,7 @@ def helpfulness(base_url: str, home: Path, output: Path, reward: str, limit: int
     key, not name: a retrained adapter under an old name has new answers and needs new scores."""
     from server.evaluation.suites import load_suite
 
-    prompts = {i.item_id: i.prompt for i in load_suite("helpful", home, limit)}
+    prompts = {i.item_id: i.prompt for i in load_suite("helpful", home, limit, offset=offset)}
     names = {key: name for name, key in keys.items()}
     answers: dict[str, dict[str, str]] = {}  # config key -> {item: text}
     for line in (output / "eval" / "results.jsonl").read_text().splitlines():
@@ -103,8 +103,9 @@ class Evaluation:
         self.config_type, self.model, self.args = EvalConfig, model, args
         self.principle = {"preset": args.preset}
         self.configs: list[Any] = []
-        self.suites = {s: load_suite(s, home, args.eval_limit) for s in
-                       ("harmful", "helpful", "benign_sensitive")}
+        # --eval-offset 60 with --eval-limit 40: the evaluation gate's validation prompts.
+        self.suites = {s: load_suite(s, home, args.eval_limit, offset=args.eval_offset)
+                       for s in ("harmful", "helpful", "benign_sensitive")}
         self.sampling = SamplingParams(args.max_tokens, 0.0, 1.0, 0)
         self.scorers = build_scorers(home, logger.info)
         self.connect = lambda: OpenAIGenerator.connect(f"{base_url}/v1", USER)

@@ -292,7 +292,8 @@ def score_helpfulness(base_url: str, home: Path, args: argparse.Namespace,
     if "helpfulness_rm" in result:
         result["helpfulness"] = helpfulness(base_url, home, Path(args.output),
                                             result["helpfulness_rm"]["checkpoint"],
-                                            args.eval_limit, result["eval"]["keys"])
+                                            args.eval_limit, result["eval"]["keys"],
+                                            args.eval_offset)
 
 
 def save(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -326,6 +327,9 @@ def main() -> int:
     p.add_argument("--small-alpha", type=float, nargs="+", default=[0.25, 0.5],
                    help="Alphas of the --combine rows.")
     p.add_argument("--eval-limit", type=int, default=60)
+    p.add_argument("--eval-offset", type=int, default=0,
+                   help="First prompt of each suite: 60 (with --eval-limit 40) measures on the "
+                   "evaluation gate's validation prompts instead of the reported dev prompts.")
     p.add_argument("--best-of", type=int, default=4, help="N of the AfD Best-of-N row.")
     p.add_argument("--helpfulness-rm", action=argparse.BooleanOptionalAction, default=True,
                    help="Train the helpfulness reward model (Bradley-Terry on dpo_pairs).")
