@@ -15,14 +15,11 @@ server that stopped between the refusal and the next job makes it when it starts
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from contracts.records import Job
 from server.errors import InvalidRequestError
 from server.training import TrainingService
-
-logger = logging.getLogger(__name__)
 
 
 def attempt_of(config: dict[str, Any]) -> tuple[int, int]:
@@ -39,7 +36,8 @@ def next_attempt_id(job_id: str, attempt: int) -> str:
 
 def retry_refused(training: TrainingService, job: Job) -> Job | None:
     """The job that trains again after ``job``'s adapter was refused (made now, or found when
-    an earlier pass made it); None when ``job`` has no attempt left."""
+    an earlier pass made it); None when ``job`` has no attempt left. Raises
+    ``InvalidRequestError`` when the next attempt cannot be made (its dataset was deleted)."""
     config = dict(job.config or {})
     attempt, attempts = attempt_of(config)
     if attempt >= attempts:
@@ -54,9 +52,8 @@ def retry_refused(training: TrainingService, job: Job) -> Job | None:
             "answers_from": job.id}
     try:
         created = training.create_job(body, job_id=next_id)
-    except InvalidRequestError as exc:  # e.g. its dataset was deleted since
-        logger.warning("job %s: no further attempt: %s", job.id, exc)
-        return None
+    except InvalidRequestError:
+        raise
     except Exception:
         made = training.store.get_job(next_id)  # another replica made it a moment ago
         if made is None:

@@ -30,7 +30,7 @@ from contracts.specs import GateSpec
 from server.align_retry import attempt_of, next_attempt_id, retry_refused
 from server.deploy_service import DeploymentService, DeployMode
 from server.engine.deployer import StagedCheck
-from server.errors import ServiceUnavailableError
+from server.errors import InvalidRequestError, ServiceUnavailableError
 from server.eval_gate import EvaluationGate, GateFailed
 from server.training import TrainingService
 
@@ -142,7 +142,14 @@ class AutoDeployer:
 
     def _next_attempt(self, job: Job) -> None:
         attempt, attempts = attempt_of(job.config or {})
-        following = retry_refused(self.training, job)
+        try:
+            following = retry_refused(self.training, job)
+        except InvalidRequestError as exc:
+            self.training.store.add_event(
+                job.id, f"attempt {attempt + 1} of {attempts} cannot start: {exc}",
+                level="error", data={"stage": "attempt", "attempt": attempt + 1,
+                                     "attempts": attempts, "reason": str(exc)})
+            return
         if following is None:
             if attempts > 1:
                 self.training.store.add_event(

@@ -149,3 +149,22 @@ def test_a_server_stopped_after_the_refusal_makes_the_attempt_on_restart(
     asyncio.run(deployer_for(replica, training).deploy_finished())
     made = store.get_job(f"{first}-try2")
     assert made is not None and made.config["attempt"] == 2 and made.config["attempts"] == 3
+
+
+def test_an_attempt_that_cannot_start_says_why(home: Path, store: Store) -> None:  # noqa: F811
+    replica = Replica(home, store, "r1")
+    training = TrainingService(store, home)
+    replica.engine.reply = REFUSAL
+    dataset = training.upload(b'{"prompt": "hi", "kind": "benign"}\n', "prompts", "p.jsonl").id
+    spec = parse_spec({"method": "align", "dataset": dataset, "model": str(home / "models"),
+                       "engine": {"base_url": "http://127.0.0.1:9", "model": "m"},
+                       "attempts": 2, "deploy": {"name": "safe", "mode": "adapter",
+                                                 "gate": GATE}})
+    first = training.create_job(spec.model_dump(mode="json")).id
+    finish(store, home, first, "ckpt-try1")
+    training.delete_dataset(dataset)
+    assert [r["status"] for r in asyncio.run(deployer_for(replica, training)
+                                             .deploy_finished())] == ["failed"]
+    assert store.get_job(f"{first}-try2") is None
+    said = [e for e in store.events(first) if (e.data or {}).get("stage") == "attempt"]
+    assert "attempt 2 of 2 cannot start" in said[0].message and "does not exist" in said[0].message
