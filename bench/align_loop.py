@@ -147,17 +147,40 @@ def align_once(admin: Admin, server: ServerProcess, args: argparse.Namespace,
                                                "learning_rate": args.lr}}
     if args.rpo_alpha is not None:  # else the product's default
         body["rpo_alpha"] = args.rpo_alpha
+    if args.attempts > 1:
+        body["attempts"] = args.attempts
+    if args.answers_from:
+        body["answers_from"] = args.answers_from
+    if args.gate:
+        body["gate"] = json.loads(args.gate)
+    tries: list[dict[str, Any]] = []
     with CpuWindow(server.processes()) as window:
         r = admin.http.post("/admin/v1/align", json=body)
         if r.status_code != 200:
             raise RuntimeError(f"align refused: {r.status_code} {r.text}")
-        job_id = str(r.json()["id"])
-        job = admin.wait(job_id)
-        gate = admin.wait_gate(job_id)
-    events = admin.events(job_id)
+        next_job: str | None = str(r.json()["id"])
+        while next_job is not None:  # each attempt, until one passes or none is left
+            job_id, t0 = next_job, time.monotonic()
+            job = admin.wait(job_id)
+            gate = admin.wait_gate(job_id)
+            events = admin.events(job_id)
+            # The server names the next attempt (or says none is left) just after the refusal.
+            for _ in range(30):
+                if gate.get("status") != "refused" or args.attempts == 1 or any(
+                        (e.get("data") or {}).get("stage") == "attempt" for e in events):
+                    break
+                time.sleep(1)
+                events = admin.events(job_id)
+            next_job = next(((e.get("data") or {})["next_job"] for e in events
+                             if (e.get("data") or {}).get("next_job")), None)
+            tries.append({"job": job_id, "gate": gate, "seconds": time.monotonic() - t0,
+                          "stages_s": stage_times(events, job),
+                          "seed": job["config"]["hyperparameters"]["seed"]})
+            logger.info("attempt %d (job %s): gate %s", len(tries), job_id, gate.get("status"))
     result["align"] = {"job": job_id, "loop_s": window.wall_s,
                        "foreign_cores": window.foreign_cores, "gate": gate,
-                       "stages_s": stage_times(events, job), "summary": job.get("summary")}
+                       "stages_s": stage_times(events, job), "summary": job.get("summary"),
+                       "attempts": tries}
     logger.info("align job %s: loop %.0f s (other processes %.2f cores), gate %s",
                 job_id, window.wall_s, window.foreign_cores, gate.get("status"))
     if gate.get("status") != "passed":  # measured anyway, under another name
@@ -314,6 +337,12 @@ def main() -> int:
     p.add_argument("--synth-tokens", type=int, default=96, help="Answer length in synthesis.")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--attempts", type=int, default=1,
+                   help="The loop's attempts (a gate refusal retrains with the next seed).")
+    p.add_argument("--answers-from", default=None, metavar="JOB_ID",
+                   help="The loop trains on an earlier align job's answers (no synthesis).")
+    p.add_argument("--gate", default=None, metavar="JSON",
+                   help="The loop's gate (GateSpec as JSON); default: the product's.")
     p.add_argument("--rpo-alpha", type=float, default=None,
                    help="Chosen-NLL weight of the loop's DPO (default: the product's; 0: "
                         "plain DPO).")
