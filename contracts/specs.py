@@ -396,7 +396,7 @@ class AlignSpec(_Base):
         default="dpo", description="What trains on the distilled data (docs/alignment.md).")
     rpo_alpha: float | None = Field(
         default=None, ge=0.0, le=100.0, description="Chosen-answer NLL weight with 'dpo' "
-        "(none by default: the NLL on the refusals taught over-refusal, docs/alignment.md).")
+        "(none: plain DPO; POST /admin/v1/align sends 0.05, docs/alignment.md).")
     max_prompts: int = Field(default=1000, ge=1, le=100_000)
     synthesis: SynthesisSpec = Field(default_factory=SynthesisSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)

@@ -35,7 +35,7 @@ def add_align_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=1.0, help="Linear alignment step.")
     p.add_argument("--objective", default="dpo", choices=("dpo", "ulma", "pointwise_dpo", "sft"))
     p.add_argument("--rpo-alpha", type=float, default=None,
-                   help="Chosen-answer NLL weight with dpo (default: none, plain DPO).")
+                   help="Chosen-answer NLL weight with dpo (default 0.05; 0: plain DPO).")
     p.add_argument("--steps", type=int, default=None, help="Training steps (default 240).")
     p.add_argument("--attempts", type=int, default=None,
                    help="Trainings in all: a gate refusal trains the same answers again with "

@@ -45,7 +45,8 @@ class AlignRequest(BaseModel):
     objective: Literal["dpo", "ulma", "pointwise_dpo", "sft"] = "dpo"
     rpo_alpha: float | None = Field(
         default=None, ge=0.0, le=100.0,
-        description="Chosen-answer NLL weight, 'dpo' only (none by default: docs/alignment.md).")
+        description="Chosen-answer NLL weight, 'dpo' only; unset: 0.05 with 'dpo', null: plain "
+        "DPO (docs/alignment.md).")
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     lora: dict[str, Any] | None = None
     seed: int = Field(default=0, ge=0, le=2**31)
@@ -58,12 +59,13 @@ class AlignRequest(BaseModel):
         description="Reuse the synthesis answers of this earlier align job.")
 
 
-# The ablation's choice (docs/alignment.md): plain DPO (no chosen-NLL), 240 steps of 4 pairs at
-# 5e-4, LoRA on attention and MLP. With the NLL on the refusals the adapter refused ordinary
-# requests; at 1e-3 it stopped refusing harmful ones; on attention only it moved half as far;
-# more epochs over the same pairs raised harmful refusal without over-refusal (seed 0: 60 -> 120
-# -> 240 steps gave 50% -> 55% -> 75%; seeds 1-3 at 240 gave 20%, 68%, 60%), where larger steps
-# (1e-3, rank 32) stopped the refusals instead.
+# The ablation's choice (docs/alignment.md): DPO + a little chosen NLL (0.05), 240 steps of 4
+# pairs at 5e-4, LoRA on attention and MLP. Plain DPO's harmful refusal hung on the seed (20% to
+# 75% over five runs); the NLL at 0.05 held it at 77% and 80% over two seeds with 2% and 10%
+# ordinary over-refusal, where 0.1 and more brought the over-refusal back (7 to 20%, and 42% at
+# 1). At 1e-3 or rank 32 it stopped refusing harmful requests; on attention only it moved half
+# as far; 240 steps beat 60 and 120.
+DEFAULT_RPO_ALPHA = 0.05
 DEFAULT_LORA: dict[str, Any] = {
     "r": 8, "alpha": 16,
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -75,10 +77,17 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
 }
 
 
+def chosen_nll(req: AlignRequest) -> float | None:
+    """As given (null: plain DPO); unset, the default with 'dpo' and none with the others."""
+    if "rpo_alpha" in req.model_fields_set:
+        return req.rpo_alpha
+    return DEFAULT_RPO_ALPHA if req.objective == "dpo" else None
+
+
 def job_spec(req: AlignRequest, dataset: str) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "method": "align", "dataset": dataset, "alpha": req.alpha, "objective": req.objective,
-        "rpo_alpha": req.rpo_alpha, "lora": req.lora or DEFAULT_LORA,
+        "rpo_alpha": chosen_nll(req), "lora": req.lora or DEFAULT_LORA,
         "synthesis": {"max_tokens": req.max_tokens}, "attempts": req.attempts,
         "answers_from": req.answers_from,
         "hyperparameters": {**DEFAULT_HYPERPARAMETERS, "seed": req.seed,

@@ -50,7 +50,7 @@ def test_align_queues_one_job_with_engine_deploy_and_gate(client: TestClient) ->
     assert config["method"] == "align" and config["dataset"] == dataset
     assert config["engine"] == {"base_url": ENGINE_URL, "model": "tiny"}
     assert config["hyperparameters"]["max_steps"] == 2
-    assert config["rpo_alpha"] is None and config["objective"] == "dpo"
+    assert config["rpo_alpha"] == 0.05 and config["objective"] == "dpo"
     assert config["hyperparameters"]["learning_rate"] == 5e-4
     assert "gate_proj" in config["lora"]["target_modules"]
     deploy = config["deploy"]
@@ -61,7 +61,7 @@ def test_align_queues_one_job_with_engine_deploy_and_gate(client: TestClient) ->
 def test_align_chosen_nll_is_for_dpo_only(client: TestClient) -> None:
     dataset = prompts(client)
     for body, expected in (({"rpo_alpha": 0.1}, 0.1), ({"rpo_alpha": None}, None),
-                           ({"objective": "ulma"}, None)):
+                           ({}, 0.05), ({"rpo_alpha": 0}, 0.0), ({"objective": "ulma"}, None)):
         r = client.post("/admin/v1/align", json={"prompts": dataset, **body})
         assert r.status_code == 200, r.text
         assert r.json()["config"]["rpo_alpha"] == expected, body
