@@ -232,6 +232,22 @@ class TrainingService:
         if source is None or source.method != "align":
             raise InvalidRequestError(f"answers_from: {spec.answers_from!r} is not an align job",
                                       param="answers_from", code="invalid_job")
+        # Answers are matched by prompt alone: they must come from the same synthesis.
+        mine = spec.model_dump(mode="json")
+        keys = ("model", "principle", "preset", "alpha", "synthesis.max_tokens",
+                "synthesis.temperature")
+
+        def get(config: dict[str, Any], key: str) -> Any:
+            head, _, rest = key.partition(".")
+            value = (config or {}).get(head)
+            return get(value, rest) if rest and isinstance(value, dict) else value
+
+        differ = [k for k in keys if get(source.config, k) != get(mine, k)]
+        if differ:
+            raise InvalidRequestError(
+                f"answers_from: job {spec.answers_from} synthesised with other settings "
+                f"({', '.join(f'{k}={get(source.config, k)!r}' for k in differ)}); its answers "
+                "would not be this job's", param="answers_from", code="invalid_job")
 
     def _fill_engine(self, spec: AlignSpec) -> None:
         """An ``align`` job generates through this server's engine unless it names another."""

@@ -213,6 +213,9 @@ def test_align_attempts_need_the_gate_and_answers_from_an_align_job(client: Test
     r = client.post("/admin/v1/align", json={"prompts": dataset, "answers_from": first["id"]})
     assert r.status_code == 200 and r.json()["config"]["answers_from"] == first["id"], r.text
     other = client.post("/admin/v1/jobs", json={"method": "rdpo", "dataset": dataset}).json()
+    r = client.post("/admin/v1/align", json={"prompts": dataset, "answers_from": first["id"],
+                                             "alpha": 2.0})
+    assert r.status_code == 400 and "alpha=1.0" in r.json()["error"]["message"], r.text
     for source in ("job-missing", other["id"], "../x"):
         r = client.post("/admin/v1/align", json={"prompts": dataset, "answers_from": source})
         assert r.status_code == 400 and r.json()["error"]["param"] == "answers_from", r.text
