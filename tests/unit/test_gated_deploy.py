@@ -92,18 +92,26 @@ def test_no_gate_deploys_without_asking(home: Path, store: Store) -> None:  # no
     assert training.checkpoint_views()[0]["gate"] is None
 
 
-def test_a_refused_align_job_trains_again_with_the_next_seed(home: Path, store: Store) -> None:  # noqa: F811
+def refused_align_job(home: Path, store: Store, attempts: int,  # noqa: F811
+                      seed: int = 0) -> tuple[Replica, TrainingService, str, str]:
+    """An align job with ``attempts``, finished; every answer of its adapter refuses, so the
+    gate (benign over-refusal 0) refuses it. Returns the replica, service, job and dataset."""
     replica = Replica(home, store, "r1")
     training = TrainingService(store, home)
-    auto = deployer_for(replica, training)
-    replica.engine.reply = REFUSAL  # every attempt over-refuses: the gate refuses each
+    replica.engine.reply = REFUSAL
     dataset = training.upload(b'{"prompt": "hi", "kind": "benign"}\n', "prompts", "p.jsonl").id
     spec = parse_spec({"method": "align", "dataset": dataset, "model": str(home / "models"),
                        "engine": {"base_url": "http://127.0.0.1:9", "model": "m"},
-                       "hyperparameters": {"seed": 3}, "attempts": 2,
+                       "hyperparameters": {"seed": seed}, "attempts": attempts,
                        "deploy": {"name": "safe", "mode": "adapter", "gate": GATE}})
     first = training.create_job(spec.model_dump(mode="json")).id
     finish(store, home, first, "ckpt-try1")
+    return replica, training, first, dataset
+
+
+def test_a_refused_align_job_trains_again_with_the_next_seed(home: Path, store: Store) -> None:  # noqa: F811
+    replica, training, first, _ = refused_align_job(home, store, attempts=2, seed=3)
+    auto = deployer_for(replica, training)
     assert [r["status"] for r in asyncio.run(auto.deploy_finished())] == ["failed"]
     second = store.get_job(f"{first}-try2")
     assert second is not None and second.status == "queued"
@@ -127,16 +135,7 @@ def test_a_refused_align_job_trains_again_with_the_next_seed(home: Path, store: 
 def test_a_server_stopped_after_the_refusal_makes_the_attempt_on_restart(
     home: Path, store: Store, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    replica = Replica(home, store, "r1")
-    training = TrainingService(store, home)
-    replica.engine.reply = REFUSAL
-    dataset = training.upload(b'{"prompt": "hi", "kind": "benign"}\n', "prompts", "p.jsonl").id
-    spec = parse_spec({"method": "align", "dataset": dataset, "model": str(home / "models"),
-                       "engine": {"base_url": "http://127.0.0.1:9", "model": "m"},
-                       "attempts": 3, "deploy": {"name": "safe", "mode": "adapter",
-                                                 "gate": GATE}})
-    first = training.create_job(spec.model_dump(mode="json")).id
-    finish(store, home, first, "ckpt-try1")
+    replica, training, first, _ = refused_align_job(home, store, attempts=3)
 
     def stopped(*_: object) -> None:
         raise SystemExit("the server stopped")
@@ -152,16 +151,7 @@ def test_a_server_stopped_after_the_refusal_makes_the_attempt_on_restart(
 
 
 def test_an_attempt_that_cannot_start_says_why(home: Path, store: Store) -> None:  # noqa: F811
-    replica = Replica(home, store, "r1")
-    training = TrainingService(store, home)
-    replica.engine.reply = REFUSAL
-    dataset = training.upload(b'{"prompt": "hi", "kind": "benign"}\n', "prompts", "p.jsonl").id
-    spec = parse_spec({"method": "align", "dataset": dataset, "model": str(home / "models"),
-                       "engine": {"base_url": "http://127.0.0.1:9", "model": "m"},
-                       "attempts": 2, "deploy": {"name": "safe", "mode": "adapter",
-                                                 "gate": GATE}})
-    first = training.create_job(spec.model_dump(mode="json")).id
-    finish(store, home, first, "ckpt-try1")
+    replica, training, first, dataset = refused_align_job(home, store, attempts=2)
     training.delete_dataset(dataset)
     assert [r["status"] for r in asyncio.run(deployer_for(replica, training)
                                              .deploy_finished())] == ["failed"]
