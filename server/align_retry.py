@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.records import Job
-from server.errors import InvalidRequestError
 from server.training import TrainingService
 
 
@@ -52,8 +51,6 @@ def retry_refused(training: TrainingService, job: Job) -> Job | None:
             "answers_from": job.id}
     try:
         created = training.create_job(body, job_id=next_id)
-    except InvalidRequestError:
-        raise
     except Exception:
         made = training.store.get_job(next_id)  # another replica made it a moment ago
         if made is None:

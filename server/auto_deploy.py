@@ -134,10 +134,8 @@ class AutoDeployer:
         attempt, attempts = attempt_of(job.config or {})
         if attempt >= attempts or self.training.store.get_job(next_attempt_id(job.id, attempt)):
             return
-        refused = any((e.data or {}).get("stage") == "gate"
-                      and (e.data or {}).get("status") == "refused"
-                      for e in self.training.store.events(job.id))
-        if refused:
+        outcome = self.training.gate_result(job.id)
+        if outcome is not None and outcome["status"] == "refused":
             self._next_attempt(job)
 
     def _next_attempt(self, job: Job) -> None:

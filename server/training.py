@@ -313,17 +313,17 @@ class TrainingService:
         return self.store.metrics(job_id)
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def gate_result(self, checkpoint: CheckpointRecord) -> dict[str, Any] | None:
-        """The newest evaluation-gate outcome on the checkpoint's job (``server.eval_gate``);
-        None when its deployment had no gate."""
-        for event in reversed(self.store.events(checkpoint.job_id)):
+    def gate_result(self, job_id: str) -> dict[str, Any] | None:
+        """The newest evaluation-gate outcome on the job's checkpoint (``server.eval_gate``);
+        None when its deployment had no gate (or it has not run yet)."""
+        for event in reversed(self.store.events(job_id)):
             data = event.data or {}
             if data.get("stage") == "gate" and data.get("status") in ("passed", "refused"):
                 return dict(data)
         return None
 
     def checkpoint_views(self, limit: int | None = None) -> list[dict[str, Any]]:
-        return [{**checkpoint_view(c), "gate": self.gate_result(c)}
+        return [{**checkpoint_view(c), "gate": self.gate_result(c.job_id)}
                 for c in self.checkpoints(limit)]
 
     def checkpoints(self, limit: int | None = None) -> list[CheckpointRecord]:

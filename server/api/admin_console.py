@@ -53,7 +53,7 @@ def get_manifest(checkpoint_id: str, _: AdminScope, training: Training) -> dict[
     record = training.store.get_checkpoint(checkpoint_id)
     if record is None:
         raise NotFoundError(f"checkpoint '{checkpoint_id}' not found", param="checkpoint_id")
-    return {**checkpoint_view(record), "gate": training.gate_result(record),
+    return {**checkpoint_view(record), "gate": training.gate_result(record.job_id),
             "manifest": record.manifest}
 
 
