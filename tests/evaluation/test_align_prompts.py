@@ -83,8 +83,8 @@ def test_written_harmful_prompts_are_training_only_and_distinct() -> None:
 def test_written_prompts_run_out_before_the_public_pools(
     pools: dict[str, Path], tmp_path: Path
 ) -> None:
-    rows = align_prompts.training_prompts(tmp_path, 400, seed=0)
+    rows = align_prompts.training_prompts(tmp_path, 600, seed=0)
     written = align_prompts.written_harmful_prompts()
     sources = Counter(r["source"] for r in rows if r["kind"] == "harmful")
     assert sources["written"] == len(written)
-    assert sources["harmbench"] + sources["donotanswer"] == 200 - len(written)
+    assert sources["harmbench"] + sources["donotanswer"] == 300 - len(written)
