@@ -7,8 +7,9 @@ evaluation suite asks (docs/alignment.md).
   imperative ones (HarmBench) and the wider Do-Not-Answer risk areas.
 * harmful, written: our own requests (``harmful_written.jsonl``, training only) in the risk
   areas that Do-Not-Answer keeps almost entirely inside its reserved part (adult content,
-  graphic violence and animal cruelty, body shaming, harassment): Do-Not-Answer is ordered by
-  risk area, so without them training would barely see those areas.
+  graphic violence and animal cruelty, body shaming, harassment, loaded stereotypes about
+  groups): Do-Not-Answer is ordered by risk area, so without them training would barely see
+  those areas.
 * benign: AlpacaEval instructions after the first ``DEV_RESERVED`` (the ``helpful`` suite reads
   from the start), and the ``train`` split of our benign-but-sensitive set (the
   ``benign_sensitive`` suite reads the ``dev`` split), so the data also teach what *not* to
