@@ -52,6 +52,10 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
                                                       "seed": 1}),
     "dpo own refusals chosen": ("dpo", "pairs-own-chosen", {}),
     "dpo prefilled refusals": ("dpo", "pairs-prefilled", {}),
+    # The benign pairs reject the model's own apology-begun refusal ("I'm sorry, but as a
+    # chatbot ..."), the habit the adapters show on ordinary prompts, instead of a fallback text.
+    "dpo+nll0.05 240 steps prefilled rejections": ("dpo", "pairs-prefilled-rejected", {
+        "steps": 240, "rpo_alpha": 0.05}),
     "dpo half data": ("dpo", "pairs-half", {}),
     "dpo lr1e-3": ("dpo", "pairs", {"lr": 1e-3}),
     "dpo+nll0.2": ("dpo", "pairs", {"rpo_alpha": 0.2}),
@@ -89,8 +93,10 @@ def slug(name: str) -> str:
     return "ab-" + "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
-def _pair(p: dict[str, Any], chosen: str | None = None) -> dict[str, Any]:
-    return {"messages": p["messages"], "chosen": chosen or p["chosen"], "rejected": p["rejected"]}
+def _pair(p: dict[str, Any], chosen: str | None = None,
+          rejected: str | None = None) -> dict[str, Any]:
+    return {"messages": p["messages"], "chosen": chosen or p["chosen"],
+            "rejected": rejected or p["rejected"]}
 
 
 def dataset_forms(
@@ -138,6 +144,10 @@ def dataset_forms(
         # The model's own refusal in place of a fallback one, where prefilling elicited one.
         "pairs-prefilled": ("pairs", [
             _pair(p, own[i] if p["chosen"] in FALLBACK_REFUSALS and i in own else None)
+            for i, p in enumerate(pairs)]),
+        "pairs-prefilled-rejected": ("pairs", [
+            _pair(p, rejected=own[i] if benign(p) and p["rejected"] in FALLBACK_REFUSALS
+                  and i in own else None)
             for i, p in enumerate(pairs)]),
         "pointwise": ("pointwise", [row for p in pairs for row in (
             {"messages": p["messages"], "completion": p["chosen"], "label": True},

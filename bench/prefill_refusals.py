@@ -1,7 +1,9 @@
-"""The model's own refusals for the harmful pairs of an align job that chose a fallback refusal:
-each prompt asked again with the answer prefilled with an apology (chat completions with
-``continue_final_message``), greedy, as long as synthesis answers. Writes ``[[pair index, text],
-...]`` for the continuations that refuse, the input of ``bench/align_loop.py --prefilled``.
+"""The model's own refusals for the pairs of an align job that used a fallback refusal: the
+harmful pairs that chose one (``--side harmful``, the default) or the benign pairs that rejected
+one (``--side benign``). Each prompt is asked again with the answer prefilled with an apology
+(chat completions with ``continue_final_message``), greedy, as long as synthesis answers. Writes
+``[[pair index, text], ...]`` for the continuations that refuse, the input of
+``bench/align_loop.py --prefilled``.
 
     .venv/bin/python bench/prefill_refusals.py --home /tmp/align-home --pairs-from JOB \\
         --output /tmp/prefilled.json
@@ -59,12 +61,16 @@ def main() -> int:
     p.add_argument("--pairs-from", required=True, metavar="JOB_ID")
     p.add_argument("--output", required=True)
     p.add_argument("--max-tokens", type=int, default=96, help="Synthesis' answer length.")
+    p.add_argument("--side", choices=("harmful", "benign"), default="harmful",
+                   help="Which fallback refusals to replace: chosen on harmful pairs or "
+                        "rejected on benign ones.")
     args = p.parse_args()
     home = Path(args.home)
     pairs = torch.load(home / "jobs" / args.pairs_from / "align-data.pt",
                        weights_only=False)["pairs"]
+    side = "chosen" if args.side == "harmful" else "rejected"
     prompts = {i: pair["messages"] for i, pair in enumerate(pairs)
-               if pair.get("kind") == "harmful" and pair["chosen"] in FALLBACK_REFUSALS}
+               if pair.get("kind") == args.side and pair[side] in FALLBACK_REFUSALS}
     env = {"ALIGNSERVE_HOME": str(home), "ALIGNSERVE_API_KEYS": USER,
            "ALIGNSERVE_ADMIN_KEYS": "bench-admin", "ALIGNSERVE_WORKERS": "0",
            "ALIGNSERVE_KV_CACHE_GIB": "3", "ALIGNSERVE_STORE_URL": f"sqlite:///{home / 'jobs.db'}"}
