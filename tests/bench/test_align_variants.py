@@ -62,6 +62,16 @@ def test_prefilled_refusals_replace_only_fallback_chosen() -> None:
     assert dataset_forms(PAIRS)["pairs-prefilled"][1] == dataset_forms(PAIRS)["pairs"][1]
 
 
+def test_prefilled_rejections_replace_only_the_benign_fallback_rejected() -> None:
+    prefilled = {1: "I'm sorry, but I cannot help with weapons.",  # a harmful pair
+                 2: "I'm sorry, but as a chatbot I can't bake.",   # rejects the model's own
+                 3: "I'm sorry, but as a chatbot I can't do geography."}
+    rows = dataset_forms(PAIRS, prefilled)["pairs-prefilled-rejected"][1]
+    assert [r["rejected"] for r in rows] == ["Here is how.", "Sure: step one.", OWN_REFUSAL,
+                                             prefilled[3]]
+    assert [r["chosen"] for r in rows] == [p["chosen"] for p in PAIRS]
+
+
 def test_derived_forms_and_labels() -> None:
     forms = dataset_forms(PAIRS)
     assert forms["pointwise"][0] == "pointwise"
