@@ -50,6 +50,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dpo+nll0.05 240 steps": ("dpo", "pairs", {"steps": 240, "rpo_alpha": 0.05}),
     "dpo+nll0.05 240 steps seed 1": ("dpo", "pairs", {"steps": 240, "rpo_alpha": 0.05,
                                                       "seed": 1}),
+    "dpo+nll0.05 240 steps seed 2": ("dpo", "pairs", {"steps": 240, "rpo_alpha": 0.05,
+                                                      "seed": 2}),
     "dpo own refusals chosen": ("dpo", "pairs-own-chosen", {}),
     "dpo prefilled refusals": ("dpo", "pairs-prefilled", {}),
     # The benign pairs reject the model's own apology-begun refusal ("I'm sorry, but as a
